@@ -114,6 +114,10 @@ def test_trajectories_and_masks_after_termination():
     steps = batch.steps()
     assert steps["episode_index"].tolist() == [0, 0, 1, 1, 1] and steps["step_index"].tolist() == [0, 1, 0, 1, 2]
     assert steps["token_ids"].shape == steps["action_mask"].shape == (5, 7 * CHUNK) and steps["action_mask"].all()
+    # Only the actions the simulator ran are marked executed: 1 of episode 0's second chunk, 4 of episode 1's third.
+    assert batch.executed_actions.tolist() == [[8, 1, 0], [8, 8, 4]]
+    assert steps["executed_mask"].sum(1).tolist() == [7 * CHUNK, 7, 7 * CHUNK, 7 * CHUNK, 4 * 7]
+    assert steps["executed_mask"][1, :7].all() and not steps["executed_mask"][1, 7:].any()
     assert steps["instructions"] == ["pick up the alphabet soup and place it in the basket"] * 5
     first = steps["observations"][0]
     assert {"image", "proprio", "privileged_state"} <= set(first) and first["image"].dtype == np.uint8
@@ -212,6 +216,7 @@ def test_killed_worker_is_a_fault_and_the_pool_recovers(pool):
     faulted = int(batch.fault.nonzero()[0, 0])
     assert "SIGKILL" in batch.fault_messages[faulted] and not batch.success[faulted]
     assert batch.env_steps[faulted] == 8  # its first chunk ran; the second died with the worker
+    assert batch.executed_actions[faulted, :2].tolist() == [CHUNK, 0]
     others = [e for e in range(4) if e != faulted]
     assert batch.env_steps[others].tolist() == [16] * 3  # the restarted worker took over the queue
     assert victim not in pool.worker_pids and not _alive(victim)

@@ -379,7 +379,9 @@ class RolloutBatch:
     Per decision step (padded to `T`; `mask` says which steps were taken: steps after an episode ended are masked):
     `observations[e][t]` (the dict the policy acted on: uint8 `image` / `wrist_image`, `proprio`, `privileged_state`),
     `token_ids` `[E, T, A]`, `log_probs` `[E, T, A]` (the student's, under the sampling temperature), `actions`
-    `[E, T, chunk, dim]` (the robot actions the policy returned; a chunk may be cut short at the episode's end).
+    `[E, T, chunk, dim]` (the robot actions the policy returned), `executed_actions` `[E, T]` int64 (how many actions
+    of each chunk the simulator ran: fewer than `chunk` when the episode ended inside it or with `open_loop_steps`,
+    0 when the simulator faulted on it).
     Per episode: `prompts[e]` (suite, task_id, init_state_id, instruction), `instructions[e]` (what the policy was
     given), `success`, `fault` (the simulator failed: not a policy failure) with `fault_messages`, `env_steps`,
     `final_observations[e]` (after the last chunk; `None` for a fault).
@@ -391,6 +393,7 @@ class RolloutBatch:
     token_ids: torch.Tensor
     log_probs: torch.Tensor
     actions: np.ndarray
+    executed_actions: torch.Tensor
     mask: torch.Tensor
     success: torch.Tensor
     fault: torch.Tensor
@@ -421,9 +424,14 @@ class RolloutBatch:
         """The valid decision steps, flattened episode by episode (`S` steps), ready for `policy.build_inputs`.
 
         Returns `observations` (list of `S` dicts), `instructions` (list of `S`), `token_ids` `[S, A]` int64,
-        `log_probs` `[S, A]`, `action_mask` `[S, A]` bool (every token of a taken decision; all True, kept so that
-        losses can mask per token), `episode_index` and `step_index` `[S]` int64. `include_faults=False` leaves out
-        the steps of faulted episodes (e.g. for rewards, which a fault makes meaningless).
+        `log_probs` `[S, A]`, `action_mask` `[S, A]` bool (every token the policy produced: all True),
+        `executed_mask` `[S, A]` bool (the tokens of the actions the simulator ran), `episode_index` and `step_index`
+        `[S]` int64. `include_faults=False` leaves out the steps of faulted episodes (e.g. for rewards, which a fault
+        makes meaningless).
+
+        Which mask a loss wants depends on what it credits: a reward only says something about the actions that ran
+        (GRPO uses `executed_mask`), while a teacher scores every token the student produced on a visited state
+        (OPD uses `action_mask`).
         """
         keep = self.mask.clone()
         if not include_faults:
@@ -435,9 +443,17 @@ class RolloutBatch:
             "token_ids": self.token_ids[keep],
             "log_probs": self.log_probs[keep],
             "action_mask": torch.ones(len(episode_index), self.token_ids.shape[-1], dtype=torch.bool),
+            "executed_mask": self._executed_token_mask(self.executed_actions[keep]),
             "episode_index": episode_index,
             "step_index": step_index,
         }
+
+    def _executed_token_mask(self, executed: torch.Tensor) -> torch.Tensor:
+        # Tokens are laid out action by action (`chunk` actions of `A / chunk` tokens each).
+        chunk = self.actions.shape[2]
+        per_action = self.token_ids.shape[-1] // chunk
+        action_of_token = torch.arange(self.token_ids.shape[-1]) // per_action
+        return action_of_token.unsqueeze(0) < executed.unsqueeze(1)
 
     def frames(self, episode: int, key: str = "image") -> np.ndarray:
         """The camera frames of an episode, `[N, H, W, 3]` uint8: one per decision, then the final observation."""
@@ -509,6 +525,7 @@ class _Episode:
         self.token_ids: list[torch.Tensor] = []
         self.log_probs: list[torch.Tensor] = []
         self.actions: list[np.ndarray] = []
+        self.executed_actions: list[int] = []
         self.env_steps = 0
         self.success = False
         self.fault = ""
@@ -666,6 +683,8 @@ def collect_rollouts(
                 episode = episodes[current[env_index]]
                 if reply.fault:
                     episode.fault = reply.message or "simulator fault"
+                    if commands[env_index][0] == "step":
+                        episode.executed_actions.append(0)
                     finish(env_index)
                     continue
                 if commands[env_index][0] == "reset":
@@ -674,7 +693,9 @@ def collect_rollouts(
                     waiting[env_index] = _observation(obs, info)
                     continue
                 obs, _, terminated, truncated, info = reply.value
-                episode.env_steps += int(info.get("env_steps", len(commands[env_index][1])))
+                executed = int(info.get("env_steps", len(commands[env_index][1])))
+                episode.executed_actions.append(executed)
+                episode.env_steps += executed
                 episode.success = bool(info.get("success", terminated))
                 capped = max_episode_steps is not None and episode.env_steps >= max_episode_steps
                 if terminated or truncated or capped:
@@ -695,6 +716,7 @@ def _batch(episodes: list[_Episode], policy: Any, wall_time: float, policy_time:
     log_probs = torch.zeros(shape, dtype=torch.float32)
     chunk_shape = next((e.actions[0].shape for e in episodes if e.actions), (space.chunk_size, space.action_dim))
     actions = np.zeros((len(episodes), horizon, *chunk_shape), np.float32)
+    executed_actions = torch.zeros(shape[:2], dtype=torch.long)
     mask = torch.zeros(shape[:2], dtype=torch.bool)
     for i, episode in enumerate(episodes):
         n = len(episode.token_ids)
@@ -702,6 +724,7 @@ def _batch(episodes: list[_Episode], policy: Any, wall_time: float, policy_time:
             token_ids[i, :n] = torch.stack(episode.token_ids)
             log_probs[i, :n] = torch.stack(episode.log_probs)
             actions[i, :n] = np.stack(episode.actions)
+            executed_actions[i, :n] = torch.tensor(episode.executed_actions, dtype=torch.long)
             mask[i, :n] = True
     return RolloutBatch(
         prompts=[e.prompt for e in episodes],
@@ -710,6 +733,7 @@ def _batch(episodes: list[_Episode], policy: Any, wall_time: float, policy_time:
         token_ids=token_ids,
         log_probs=log_probs,
         actions=actions,
+        executed_actions=executed_actions,
         mask=mask,
         success=torch.tensor([e.success and not e.fault for e in episodes], dtype=torch.bool),
         fault=torch.tensor([bool(e.fault) for e in episodes], dtype=torch.bool),

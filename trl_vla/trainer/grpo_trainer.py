@@ -160,6 +160,14 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
 
     _tag_names = ["trl", "trl-vla", "grpo", "robotics", "reinforcement-learning"]
     _name = "VLA-GRPO"
+    # The model card's account of the training method (`benchmark` and the config `args` are filled in).
+    _card_method = (
+        "**reinforcement learning with GRPO** on the sparse task-success reward (as in SimpleVLA-RL, "
+        "[arXiv 2509.09674](https://huggingface.co/papers/2509.09674)): the student acted in the {benchmark} "
+        "simulator, {args.num_generations} episodes per initial state, each rewarded 1 if the task succeeded and 0 "
+        "otherwise; every action token was credited with its episode's group-relative advantage under a clipped "
+        "policy ratio (epsilon {args.epsilon} / {args.epsilon_high})"
+    )
     _paper = {
         "title": "SimpleVLA-RL: Scaling VLA Training via Reinforcement Learning",
         "id": "2509.09674",
@@ -239,7 +247,9 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
 
         episode = steps["episode_index"].long()  # [S] episode of each decision step
         step_advantages = advantages[episode]  # [S]
-        valid_mask = steps["action_mask"].float() * (~faults[episode]).unsqueeze(1).float()  # [S, A]
+        # The reward says nothing about actions that never ran (a chunk cut short by the episode's end): only the tokens
+        # of executed actions are credited.
+        valid_mask = steps["executed_mask"].float() * (~faults[episode]).unsqueeze(1).float()  # [S, A]
         action_mask = valid_mask  # the tokens the loss counts
         if self.args.filter_groups:
             keep = informative[episode]

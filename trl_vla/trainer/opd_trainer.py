@@ -85,6 +85,12 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
 
     _tag_names = ["trl", "trl-vla", "vla-opd", "robotics", "on-policy-distillation"]
     _name = "VLA-OPD"
+    # The model card's account of the training method (`benchmark` and the config `args` are filled in).
+    _card_method = (
+        "**on-policy distillation** (VLA-OPD, [arXiv 2603.26666](https://huggingface.co/papers/2603.26666)): the "
+        "student acted in the {benchmark} simulator, a frozen teacher scored every action token on the states the "
+        "student visited, and the student minimised `{args.loss_type}` per action token"
+    )
     _paper = {
         "title": "VLA-OPD: Bridging Offline SFT and Online RL for Vision-Language-Action Models via On-Policy "
         "Distillation",
@@ -202,6 +208,8 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
                 f"{self.state.global_step}, on decision steps {bad} of this round."
             )
 
+        # Every token the student produced is scored, executed or not: the teacher's target on a visited state is
+        # valid for the whole chunk (unlike a reward, which only speaks for the actions that ran).
         action_mask = steps["action_mask"].float()
         num_items = self.accelerator.gather(action_mask.sum().to(self.accelerator.device)).sum()
 
