@@ -1,5 +1,6 @@
 """VLAGRPOTrainer: the advantage and clipped-loss math, config checks, and end to end on the real LIBERO simulator."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,7 +179,9 @@ def test_train_changes_parameters_and_logs_metrics(student_path, tmp_path):
     env_steps = [e["env_steps"] for e in logs]
     assert env_steps == sorted(env_steps) and env_steps[-1] > 0
     trainer.create_model_card(model_name="tiny-grpo")  # also what every checkpoint save does
-    assert "none (sparse task-success reward)" in (tmp_path / "out" / "README.md").read_text()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "none (sparse task-success reward)" in card and "distill" not in card
+    assert "GRPO** on the sparse task-success reward" in card and "2 episodes per initial state" in card
 
 
 @pytest.mark.slow
@@ -208,3 +211,42 @@ def test_bad_prompts_fail_before_any_rollout(student_path, tmp_path):
         )
     with pytest.raises(TypeError, match="VLAGRPOConfig"):
         VLAGRPOTrainer(model=OpenVLAForActionPrediction.from_pretrained(student_path), args=object())
+
+
+def test_faulted_episode_and_unexecuted_actions_get_no_credit(student_path, tmp_path):
+    # One group of 4 episodes, from a hand-made rollout: episode 3 faulted (its reward says nothing about the policy)
+    # and episode 1 succeeded 3 actions into its second chunk (the rest of that chunk never ran).
+    from trl_vla.rollout import RolloutBatch
+
+    trainer = _trainer(student_path, tmp_path, num_generations=4, filter_groups=False)
+    space = trainer.model.action_space
+    tokens, chunk = space.num_action_tokens, space.chunk_size
+    executed = torch.tensor([[chunk, chunk], [chunk, 3], [chunk, chunk], [chunk, 0]])
+    observation = {"image": np.zeros((64, 64, 3), np.uint8)}
+    rollout = RolloutBatch(
+        prompts=[{"suite": SUITE, "task_id": 0, "init_state_id": 0}] * 4,
+        instructions=["pick"] * 4,
+        observations=[[observation, observation] for _ in range(4)],
+        token_ids=torch.full((4, 2, tokens), space.first_token_id),
+        log_probs=torch.zeros(4, 2, tokens),
+        actions=np.zeros((4, 2, chunk, space.action_dim), np.float32),
+        executed_actions=executed,
+        mask=torch.ones(4, 2, dtype=torch.bool),
+        success=torch.tensor([True, True, False, False]),
+        fault=torch.tensor([False, False, False, True]),
+        fault_messages=["", "", "", "worker died"],
+        env_steps=executed.sum(1),
+        final_observations=[observation] * 3 + [None],
+    )
+    trainer._rollout = lambda prompts, temperature, num_generations: rollout
+    out = trainer._generate_and_score_completions([rollout.prompts[0]])
+
+    # Rewards [1, 1, 0, fault]: the fault takes the mean of the others (2/3), so its advantage is exactly 0.
+    rewards = torch.tensor([1.0, 1.0, 0.0, 2 / 3])
+    expected = (rewards - rewards.mean()) / (rewards.std() + 1e-6)
+    torch.testing.assert_close(out["advantages"], expected.repeat_interleave(2))
+    assert out["advantages"][6:].abs().max() < 1e-6
+    per_step = out["action_mask"].sum(1).tolist()
+    per_action = tokens // chunk
+    assert per_step == [tokens, tokens, tokens, 3 * per_action, tokens, tokens, 0, 0]
+    assert out["num_items_in_batch"].item() == sum(per_step)

@@ -131,7 +131,7 @@ def test_train_changes_parameters_logs_metrics_and_writes_card(student_path, tmp
     trainer.create_model_card(model_name="tiny-opd")
     card = (tmp_path / "out" / "README.md").read_text()
     assert "VLA-OPD" in card and "model-index" in card and "2603.26666" in card
-    assert "ScriptedLiberoExpert" in card
+    assert "ScriptedLiberoExpert" in card and "the student minimised `reverse_kl` per action token" in card
     reloaded = OpenVLAForActionPrediction.from_pretrained(str(tmp_path / "out"))
     for name, param in reloaded.named_parameters():
         torch.testing.assert_close(param, trainer.model.state_dict()[name])

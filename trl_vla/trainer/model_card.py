@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .learning_curve import plot_learning_curve
 
 
-TEMPLATE = "vla_opd_model_card.md"
+TEMPLATE = "vla_model_card.md"
 # Fields worth reading in a card; the rest of TrainingArguments is noise there.
 CARD_CONFIG_FIELDS = (
     "loss_type", "temperature", "beta", "learning_rate", "lr_scheduler_type", "max_steps", "num_train_epochs",
@@ -97,8 +97,9 @@ def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: 
         model_name=model_name,
         base_model=base_model,
         hub_model_id=args.hub_model_id,
-        benchmark="LIBERO" if any(s.startswith("libero") for s in suites) else suite,
-        loss_type=args.loss_type,
+        method=trainer._card_method.format(
+            benchmark="LIBERO" if any(s.startswith("libero") for s in suites) else suite, args=args
+        ),
         teacher=teacher_name,
         suite=suite,
         task_ids=", ".join(map(str, task_ids)) or "n/a",

@@ -355,7 +355,7 @@ class RolloutTrainerMixin:
     # ------------------------------------------------------------------------------------------------------------
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
-        """Write `output_dir/README.md` from `model_cards/vla_opd_model_card.md`, with the teacher, the tasks, the
+        """Write `output_dir/README.md` from `model_cards/vla_model_card.md`, with the teacher, the tasks, the
         success before and after training (from `evaluate()` calls), the learning curve and the training config, and
         the results as `model-index` metadata."""
         if not self.is_world_process_zero():
