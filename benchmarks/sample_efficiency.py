@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--num_envs", type=int, default=2)
     parser.add_argument("--chunk_size", type=int, default=8)
+    parser.add_argument("--use_proprio", action="store_true", help="give the student OFT's proprio token")
     parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--teacher_sigma", type=float, default=0.05)
@@ -103,39 +104,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_initial_student(args, path: str) -> tuple[Any, list[dict], list[str]]:
     """Tiny OpenVLA SFT'd on one scripted demonstration per task (init state 0); returns the demonstrations and the
     probe set (observations, instructions) for entropy measurements."""
-    from trl_vla import VLASFTTrainer
-    from trl_vla.action_tokenizer import compute_norm_stats
-    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
+    from trl_vla.models import make_tiny_sft_student
     from trl_vla.teachers.demonstrations import collect_demonstrations
 
     demos = collect_demonstrations(
         args.suite, args.task_ids + args.held_out_task_ids, episodes_per_task=1, image_size=args.image_size,
         init_state_ids=[0], progress=False,
     )  # fmt: skip
-    make_tiny_openvla(
+    make_tiny_sft_student(
         path,
-        decoding="parallel",
+        demos,
+        args.suite,
         chunk_size=args.chunk_size,
-        norm_stats={args.suite: compute_norm_stats(demos)},
-        unnorm_key=args.suite,
+        use_proprio=args.use_proprio,
         seed=args.seed,
+        sft_kwargs=sft_kwargs(args, os.path.join(args.output_dir, "init_sft"), num_train_epochs=args.init_sft_epochs),
     )
-    trainer = VLASFTTrainer(
-        model=OpenVLAForActionPrediction.from_pretrained(path),
-        args=sft_config(args, os.path.join(args.output_dir, "init_sft"), num_train_epochs=args.init_sft_epochs),
-        train_dataset=demos,
-        processing_class=OpenVLAProcessor.from_pretrained(path),
-    )
-    trainer.train()
-    trainer.save_model(path)
     probe = demos.select(range(0, len(demos), max(1, len(demos) // 64)))
     observations = [{"image": np.asarray(r["image"], np.uint8), "proprio": np.asarray(r["proprio"])} for r in probe]
     return demos, observations, list(probe["instruction"])
 
 
-def sft_config(args, output_dir: str, **overrides):
-    from trl_vla.trainer.sft_config import VLASFTConfig
-
+def sft_kwargs(args, output_dir: str, **overrides) -> dict[str, Any]:
     kwargs = {
         "output_dir": output_dir,
         "per_device_train_batch_size": 32,
@@ -150,7 +140,7 @@ def sft_config(args, output_dir: str, **overrides):
         "disable_tqdm": True,
     }
     kwargs.update(overrides)
-    return VLASFTConfig(**kwargs)
+    return kwargs
 
 
 class Probe:
@@ -285,7 +275,7 @@ def run_sft_baseline(args, student_path: str, init_demos, probe: Probe) -> tuple
     demonstration are its frames (the policy steps; the wait steps are not counted, as for rollouts)."""
     import datasets
 
-    from trl_vla import VLASFTTrainer
+    from trl_vla import VLASFTConfig, VLASFTTrainer
     from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
     from trl_vla.teachers.demonstrations import collect_demonstrations
 
@@ -308,7 +298,7 @@ def run_sft_baseline(args, student_path: str, init_demos, probe: Probe) -> tuple
             parts.append(demos.map(lambda row, shift=offset: {"episode_index": row["episode_index"] + shift}))
         trainer = VLASFTTrainer(
             model=OpenVLAForActionPrediction.from_pretrained(student_path),
-            args=sft_config(args, os.path.join(args.output_dir, "sft"), max_steps=args.sft_steps),
+            args=VLASFTConfig(**sft_kwargs(args, os.path.join(args.output_dir, "sft"), max_steps=args.sft_steps)),
             train_dataset=datasets.concatenate_datasets(parts),
             processing_class=OpenVLAProcessor.from_pretrained(student_path),
         )

@@ -48,7 +48,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_vla import VLAGRPOConfig, VLAGRPOTrainer
 from trl_vla.envs.libero import make_prompts
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_sft_student
 
 
 @dataclass
@@ -78,46 +78,28 @@ def ids_or_all(ids: list[int], count: int = 50) -> list[int]:
 
 def make_student(script_args: ScriptArguments, training_args: VLAGRPOConfig, path: str) -> None:
     """Write a tiny OpenVLA student to `path`, few-shot SFT'd on scripted demonstrations."""
-    from trl_vla import VLASFTConfig, VLASFTTrainer
-    from trl_vla.action_tokenizer import compute_norm_stats
-    from trl_vla.teachers.demonstrations import collect_demonstrations
+    from trl_vla.teachers import collect_demonstrations
 
     demos = None
     if script_args.sft_demos_per_task > 0:
         demos = collect_demonstrations(
-            script_args.suite,
-            script_args.task_ids,
-            episodes_per_task=script_args.sft_demos_per_task,
+            script_args.suite, script_args.task_ids, episodes_per_task=script_args.sft_demos_per_task,
             image_size=training_args.image_size,
-        )
-    make_tiny_openvla(
+        )  # fmt: skip
+    make_tiny_sft_student(
         path,
+        demos,
+        script_args.suite,
         decoding="parallel",
         chunk_size=script_args.tiny_chunk_size,
-        norm_stats={script_args.suite: compute_norm_stats(demos)} if demos is not None else None,
-        unnorm_key=script_args.suite,
         seed=training_args.seed,
+        sft_kwargs={
+            "output_dir": os.path.join(training_args.output_dir, "sft"),
+            "num_train_epochs": script_args.sft_epochs,
+            "use_cpu": training_args.use_cpu,
+            "bf16": training_args.bf16,
+        },
     )
-    if demos is not None:
-        sft = VLASFTTrainer(
-            model=OpenVLAForActionPrediction.from_pretrained(path),
-            args=VLASFTConfig(
-                output_dir=os.path.join(training_args.output_dir, "sft"),
-                num_train_epochs=script_args.sft_epochs,
-                per_device_train_batch_size=32,
-                learning_rate=1e-3,
-                save_strategy="no",
-                report_to="none",
-                use_cpu=training_args.use_cpu,
-                bf16=training_args.bf16,
-                seed=training_args.seed,
-                logging_steps=20,
-            ),
-            train_dataset=demos,
-            processing_class=OpenVLAProcessor.from_pretrained(path),
-        )
-        sft.train()
-        sft.save_model(path)
 
 
 def main(script_args: ScriptArguments, training_args: VLAGRPOConfig, model_args: ModelConfig) -> dict:

@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from trl_vla import VLAOPDConfig, VLAOPDTrainer, compute_norm_stats, select_norm_stats
+from trl_vla import VLAOPDConfig, VLAOPDTrainer, select_norm_stats
 from trl_vla.envs.libero import make_prompts
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_sft_student
 
 
 @dataclass
@@ -89,45 +89,28 @@ def ids_or_all(ids: list[int], count: int = 50) -> list[int]:
 
 def make_student(script_args: ScriptArguments, training_args: VLAOPDConfig, path: str) -> None:
     """Write a tiny OpenVLA student to `path`, few-shot SFT'd on scripted demonstrations."""
-    from trl_vla import VLASFTConfig, VLASFTTrainer
     from trl_vla.teachers import collect_demonstrations
 
-    demos, norm_stats = None, None
+    demos = None
     if script_args.sft_demos_per_task > 0:
         demos = collect_demonstrations(
             script_args.suite, script_args.task_ids, episodes_per_task=script_args.sft_demos_per_task,
             image_size=training_args.image_size,
         )  # fmt: skip
-        norm_stats = compute_norm_stats(demos)
-    make_tiny_openvla(
+    make_tiny_sft_student(
         path,
+        demos,
+        script_args.suite,
         decoding=script_args.tiny_decoding,
         chunk_size=script_args.tiny_chunk_size,
-        norm_stats={script_args.suite: norm_stats} if norm_stats else None,
-        unnorm_key=script_args.suite,
         seed=training_args.seed,
+        sft_kwargs={
+            "output_dir": os.path.join(training_args.output_dir, "sft"),
+            "num_train_epochs": script_args.sft_epochs,
+            "use_cpu": training_args.use_cpu,
+            "bf16": training_args.bf16,
+        },
     )
-    if demos is not None:
-        sft_args = VLASFTConfig(
-            output_dir=os.path.join(training_args.output_dir, "sft"),
-            num_train_epochs=script_args.sft_epochs,
-            per_device_train_batch_size=32,
-            learning_rate=1e-3,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=training_args.use_cpu,
-            bf16=training_args.bf16,
-            seed=training_args.seed,
-            logging_steps=20,
-        )
-        sft = VLASFTTrainer(
-            model=OpenVLAForActionPrediction.from_pretrained(path),
-            args=sft_args,
-            train_dataset=demos,
-            processing_class=OpenVLAProcessor.from_pretrained(path),
-        )
-        sft.train()
-        sft.save_model(path)
 
 
 def main(script_args: ScriptArguments, training_args: VLAOPDConfig, model_args: ModelConfig) -> dict:

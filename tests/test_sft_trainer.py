@@ -214,3 +214,30 @@ def test_add_norm_stats_stores_the_demos_statistics(tiny_student):
     stats = add_norm_stats(model, demos, "new_demos")
     assert model.config.norm_stats["new_demos"] == stats == compute_norm_stats(demos)
     assert "demo" in model.config.norm_stats and model.config.unnorm_key == "demo"
+
+
+def test_make_tiny_sft_student_fits_the_demos(tmp_path):
+    # The helper the examples and benchmarks start from: the student it writes carries the demos' statistics and
+    # greedily reproduces their actions far better than the same untrained model.
+    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_sft_student
+
+    demos = _demos()
+    trained = make_tiny_sft_student(
+        str(tmp_path / "trained"), demos, "demo", chunk_size=2, use_proprio=True, image_size=32,
+        sft_kwargs={"num_train_epochs": 30, "per_device_train_batch_size": 8, "disable_tqdm": True},
+    )  # fmt: skip
+    untrained = make_tiny_sft_student(str(tmp_path / "untrained"), None, "demo", chunk_size=2, image_size=32)
+
+    def action_error(path):
+        model = OpenVLAForActionPrediction.from_pretrained(path)
+        policy = VLAPolicy(model.eval(), OpenVLAProcessor.from_pretrained(path))
+        observations = [{"image": np.asarray(r["image"], np.uint8), "proprio": np.asarray(r["proprio"])} for r in demos]
+        _, _, actions = policy.sample_actions(policy.build_inputs(observations, demos["instruction"]), 0.0)
+        return float(np.abs(actions[:, 0] - np.asarray(demos["action"])).mean()), model.config
+
+    error, config = action_error(trained)
+    untrained_error, untrained_config = action_error(untrained)
+    assert config.norm_stats["demo"] == compute_norm_stats(demos) and config.use_proprio
+    assert untrained_config.norm_stats["demo"]["action"]["q01"] == [-1.0] * 7  # identity statistics
+    assert error < 0.25 * untrained_error, (error, untrained_error)
+    assert not (tmp_path / "untrained" / "sft").exists()

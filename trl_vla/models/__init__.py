@@ -1,7 +1,7 @@
 """VLA models that emit discrete action tokens, and the policy glue the trainers use."""
 
 from .openvla import OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAImageProcessor, OpenVLAProcessor
-from .tiny import make_tiny_openvla
+from .tiny import make_tiny_openvla, make_tiny_sft_student
 from .vla_policy import VLAPolicy, load_vla
 from .vlm_policy import VLMActionConfig, VLMActionProcessor, VLMForActionPrediction, make_tiny_vlm_policy
 
@@ -17,5 +17,6 @@ __all__ = [
     "VLMForActionPrediction",
     "load_vla",
     "make_tiny_openvla",
+    "make_tiny_sft_student",
     "make_tiny_vlm_policy",
 ]
