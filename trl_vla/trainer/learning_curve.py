@@ -15,23 +15,50 @@ CURVES = (
 )
 
 
-def plot_learning_curve(log_history: Sequence[dict[str, Any]], path: str, x_key: str = "env_steps") -> bool:
-    """Plot the success, KL and entropy curves of `log_history` against `x_key` (environment steps by default,
-    falling back to the optimizer step). Returns `False`, writing nothing, when there is nothing to plot."""
-    import matplotlib
+def learning_curve_series(
+    log_history: Sequence[dict[str, Any]],
+    x_key: str = "env_steps",
+    eval_history: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, list[tuple[float, float]]]:
+    """The `(x, value)` points of each curve in `CURVES`: x is the entry's `x_key` (the last one logged before it
+    when the entry has none; the optimizer step while none was logged yet).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = {}
+    `eval_history` (a rollout trainer's `eval_history`, whose entries carry the env steps they were taken at) is the
+    source of the evaluation points when given: `log_history` loses an evaluation made before `train()`, since
+    training starts a fresh `TrainerState`.
+    """
+    series: dict[str, list[tuple[float, float]]] = {}
     last_x = 0.0
     for entry in log_history:
         last_x = entry.get(x_key, last_x)
         x = last_x if x_key in entry or last_x else entry.get("step", 0)
         for key, _ in CURVES:
+            if key == "eval_success_rate" and eval_history is not None:
+                continue
             value = entry.get(key)
             if value is not None and math.isfinite(value):
                 series.setdefault(key, []).append((x, value))
+    for entry in eval_history or []:
+        value = entry.get("eval_success_rate")
+        if value is not None and math.isfinite(value):
+            series.setdefault("eval_success_rate", []).append((entry.get(x_key, entry.get("step", 0)), value))
+    return series
+
+
+def plot_learning_curve(
+    log_history: Sequence[dict[str, Any]],
+    path: str,
+    x_key: str = "env_steps",
+    eval_history: Sequence[dict[str, Any]] | None = None,
+) -> bool:
+    """Plot the success, KL and entropy curves (`learning_curve_series`) against `x_key` (environment steps by
+    default) to the PNG `path`. Returns `False`, writing nothing, when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = learning_curve_series(log_history, x_key, eval_history)
     if not series:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

@@ -51,7 +51,9 @@ def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: 
     after = history[-1]["eval_success_rate"] if len(history) > 1 else None
     curve = (
         "learning_curve.png"
-        if plot_learning_curve(trainer.state.log_history, os.path.join(out, "learning_curve.png"))
+        if plot_learning_curve(
+            trainer.state.log_history, os.path.join(out, "learning_curve.png"), eval_history=trainer.eval_history
+        )
         else None
     )
 

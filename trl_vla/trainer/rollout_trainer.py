@@ -346,7 +346,9 @@ class RolloutTrainerMixin:
 
                     if wandb.run is not None:  # the video back-end transformers' WandbCallback logs to
                         wandb.log({f"{metric_key_prefix}/video_{episode}": wandb.Video(path, format="mp4")})
-        self.eval_history.append({"step": self.state.global_step, **metrics})
+        self.eval_history.append(
+            {"step": self.state.global_step, "env_steps": float(self._total_env_steps), **metrics}
+        )
         self.log(metrics)
         return metrics
 
