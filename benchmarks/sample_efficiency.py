@@ -81,9 +81,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_envs", type=int, default=2)
     parser.add_argument("--chunk_size", type=int, default=8)
     parser.add_argument("--use_proprio", action="store_true", help="give the student OFT's proprio token")
+    parser.add_argument(
+        "--norm_stats",
+        choices=("controller", "demos"),
+        default="controller",
+        help="the student's action range: LIBERO's whole controller range [-1, 1] (identity statistics), or the "
+        "BOUNDS_Q99 range of the initial demonstrations (which clips the teacher's corrective actions)",
+    )
     parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--teacher_sigma", type=float, default=0.05)
+    parser.add_argument(
+        "--init_demos_per_task",
+        type=int,
+        default=1,
+        help="scripted demonstrations per task (init states 0..n-1) of the initial student's SFT",
+    )
     parser.add_argument("--init_sft_epochs", type=float, default=40.0, help="epochs of the initial student's SFT")
     parser.add_argument("--sft_steps", type=int, default=150, help="optimizer steps of the SFT baseline per point")
     parser.add_argument("--seed", type=int, default=0)
@@ -102,19 +115,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_initial_student(args, path: str) -> tuple[Any, list[dict], list[str]]:
-    """Tiny OpenVLA SFT'd on one scripted demonstration per task (init state 0); returns the demonstrations and the
-    probe set (observations, instructions) for entropy measurements."""
+    """Tiny OpenVLA SFT'd on `init_demos_per_task` scripted demonstrations per task (init states 0, 1, ...); returns
+    the demonstrations and the probe set (observations, instructions) for entropy measurements."""
     from trl_vla.models import make_tiny_sft_student
+    from trl_vla.models.tiny import identity_norm_stats
     from trl_vla.teachers.demonstrations import collect_demonstrations
 
     demos = collect_demonstrations(
-        args.suite, args.task_ids + args.held_out_task_ids, episodes_per_task=1, image_size=args.image_size,
-        init_state_ids=[0], progress=False,
+        args.suite, args.task_ids + args.held_out_task_ids, episodes_per_task=args.init_demos_per_task,
+        image_size=args.image_size, init_state_ids=list(range(args.init_demos_per_task)), progress=False,
     )  # fmt: skip
     make_tiny_sft_student(
         path,
         demos,
         args.suite,
+        norm_stats=identity_norm_stats() if args.norm_stats == "controller" else None,
         chunk_size=args.chunk_size,
         use_proprio=args.use_proprio,
         seed=args.seed,
@@ -282,11 +297,12 @@ def run_sft_baseline(args, student_path: str, init_demos, probe: Probe) -> tuple
     train_demos = init_demos.filter(lambda row: row["task_id"] in args.task_ids)
     mean_length = len(train_demos) / len(set(train_demos["episode_index"]))
     thresholds = [args.budget * (i + 1) / args.num_evals for i in range(args.num_evals)]
-    parts, env_steps, next_init_state, points, model = [init_demos], 0, 1, [], None
+    first = args.init_demos_per_task  # the new demonstrations start after the initial ones' init states
+    parts, env_steps, next_init_state, points, model = [init_demos], 0, first, [], None
     for threshold in thresholds:
         if env_steps < threshold:
             per_task = max(1, math.ceil((threshold - env_steps) / mean_length / len(args.task_ids)))
-            init_states = [1 + (next_init_state - 1 + k) % 49 for k in range(per_task)]
+            init_states = [first + (next_init_state - first + k) % (50 - first) for k in range(per_task)]
             next_init_state += per_task
             demos = collect_demonstrations(
                 args.suite, args.task_ids, episodes_per_task=per_task, image_size=args.image_size,
@@ -382,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     started = time.perf_counter()
     student_path = os.path.join(args.output_dir, "student_init")
-    print("Initial student: tiny OpenVLA, SFT on one scripted demonstration per task", flush=True)
+    print(f"Initial student: tiny OpenVLA, SFT on {args.init_demos_per_task} scripted demo(s) per task", flush=True)
     init_demos, probe_obs, probe_instructions = make_initial_student(args, student_path)
     processor = OpenVLAProcessor.from_pretrained(student_path)
     envs = make_env_pool(num_workers=args.num_envs, image_size=args.image_size)

@@ -241,3 +241,7 @@ def test_make_tiny_sft_student_fits_the_demos(tmp_path):
     assert untrained_config.norm_stats["demo"]["action"]["q01"] == [-1.0] * 7  # identity statistics
     assert error < 0.25 * untrained_error, (error, untrained_error)
     assert not (tmp_path / "untrained" / "sft").exists()
+    # Statistics given explicitly (e.g. a teacher's whole action range) win over the demos'.
+    wide = {"action": {**compute_norm_stats(demos)["action"], "q01": [-2.0] * 7, "q99": [2.0] * 7}}
+    path = make_tiny_sft_student(str(tmp_path / "wide"), None, "demo", norm_stats=wide, chunk_size=2, image_size=32)
+    assert OpenVLAForActionPrediction.from_pretrained(path).config.norm_stats["demo"]["action"]["q99"] == [2.0] * 7

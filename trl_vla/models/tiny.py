@@ -175,6 +175,7 @@ def make_tiny_sft_student(
     demos: Any = None,
     unnorm_key: str = "libero_object",
     *,
+    norm_stats: Mapping[str, Any] | None = None,
     decoding: str = "parallel",
     chunk_size: int = 8,
     use_proprio: bool = False,
@@ -187,10 +188,14 @@ def make_tiny_sft_student(
 
     Args:
         path: Output directory (the checkpoint and its processor).
-        demos: A demonstrations `datasets.Dataset` (`trl_vla.teachers.collect_demonstrations`); its BOUNDS_Q99
-            statistics become the student's `norm_stats[unnorm_key]`. `None` writes the untrained student with
-            identity statistics.
+        demos: A demonstrations `datasets.Dataset` (`trl_vla.teachers.collect_demonstrations`) to SFT on. `None`
+            writes the untrained student.
         unnorm_key: Key of the statistics, the suite's name by convention.
+        norm_stats: The student's action statistics (`{"action": {...}}`, e.g. `identity_norm_stats()`); by default
+            the demos' BOUNDS_Q99 statistics (identity statistics without demos). Statistics from a few
+            demonstrations cover only the range those demonstrations used: a teacher's corrective actions beyond it
+            are clipped to the end bins, out of the student's reach. For a teacher acting over the controller's whole
+            range (the scripted LIBERO expert), pass `identity_norm_stats()`.
         decoding, chunk_size, use_proprio, **tiny_kwargs: Passed on to `make_tiny_openvla`.
         seed: Seeds the initial weights and the SFT.
         sft_kwargs: `VLASFTConfig` fields of the SFT over its defaults here: `output_dir` `path/sft`, 12 epochs at
@@ -203,7 +208,9 @@ def make_tiny_sft_student(
         path,
         decoding=decoding,
         chunk_size=chunk_size,
-        norm_stats={unnorm_key: compute_norm_stats(demos)} if demos is not None else None,
+        norm_stats={
+            unnorm_key: norm_stats or (compute_norm_stats(demos) if demos is not None else identity_norm_stats())
+        },
         unnorm_key=unnorm_key,
         use_proprio=use_proprio,
         seed=seed,
