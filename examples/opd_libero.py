@@ -53,6 +53,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from trl_vla import VLAOPDConfig, VLAOPDTrainer, select_norm_stats
 from trl_vla.envs.libero import make_prompts
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_sft_student
+from trl_vla.models.tiny import identity_norm_stats
 
 
 @dataclass
@@ -101,6 +102,9 @@ def make_student(script_args: ScriptArguments, training_args: VLAOPDConfig, path
         path,
         demos,
         script_args.suite,
+        # The scripted teacher acts over the controller's whole range: statistics from a few demonstrations would
+        # clip its corrective actions out of the student's reach.
+        norm_stats=identity_norm_stats(),
         decoding=script_args.tiny_decoding,
         chunk_size=script_args.tiny_chunk_size,
         seed=training_args.seed,
