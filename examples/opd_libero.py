@@ -179,7 +179,7 @@ def make_parser(subparsers=None):
         parser = subparsers.add_parser("opd_libero", help="VLA-OPD on LIBERO", dataclass_types=dataclass_types)
     else:
         parser = TrlParser(dataclass_types)
-    # The CPU default, 5 minutes on 2 idle cores (measured): 8 rounds of 4 prompts x 2 episodes, episodes cut at
+    # The CPU default, 5-7 minutes on 2 cores (measured): 8 rounds of 4 prompts x 2 episodes, episodes cut at
     # 128 env steps (the expert needs about 86 on LIBERO-Object task 0; uncapped, failing episodes ran 280 steps and
     # a round took 5 minutes), before/after evaluation under the same cap.
     parser.set_defaults(
