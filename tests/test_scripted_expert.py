@@ -199,6 +199,7 @@ def test_collect_demonstrations_columns_and_norm_stats(tmp_path):
         progress=False,
         max_episode_steps=12,
         cheap_rendering=True,
+        plan_chunk_size=4,
     )
     assert set(ds.column_names) == {
         "image",
@@ -210,6 +211,7 @@ def test_collect_demonstrations_columns_and_norm_stats(tmp_path):
         "task_id",
         "init_state_id",
         "success",
+        "action_chunk",
     }
     assert len(ds) == 12
     row = ds.with_format("numpy")[0]
@@ -219,6 +221,10 @@ def test_collect_demonstrations_columns_and_norm_stats(tmp_path):
     assert set(ds["task_id"]) == {1} and set(ds["init_state_id"]) == {0} and not any(ds["success"])
     assert ds[0]["instruction"] == "pick up the cream cheese and place it in the basket"
     assert np.all(np.abs(np.asarray(ds["action"])) <= 1.0)
+    # Each frame's plan starts with the action it executed.
+    plans = np.asarray(ds.with_format("numpy")["action_chunk"])
+    assert plans.shape == (12, 4, 7)
+    np.testing.assert_allclose(plans[:, 0], np.asarray(ds["action"]), atol=1e-6)
 
     ds.save_to_disk(str(tmp_path / "demos"))
     stats = compute_norm_stats(datasets.load_from_disk(str(tmp_path / "demos")))

@@ -84,6 +84,34 @@ def test_tokenize_demonstrations_chunk_major_and_masked():
         tokenize_demonstrations(dataset.remove_columns("episode_index"), space, stats)
 
 
+def test_tokenize_demonstrations_prefers_the_action_chunk_column():
+    episode, frame, actions = _episodes([3], dim=7)
+    actions = actions / 10.0
+    plans = -np.stack([actions + 0.01 * k for k in range(3)], axis=1)  # [3 frames, 3 steps, 7]: not the next actions
+    dataset = datasets.Dataset.from_dict(
+        {
+            "image": [np.zeros((4, 4, 3), np.uint8)] * 3,
+            "instruction": ["pick"] * 3,
+            "action": actions.tolist(),
+            "episode_index": episode.tolist(),
+            "frame_index": frame.tolist(),
+            "action_chunk": plans.tolist(),
+        }
+    )
+    from trl_vla import normalize_actions
+
+    tokenizer = ActionTokenizer(vocab_size=32000)
+    stats = {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 6 + [False]}}
+    out = tokenize_demonstrations(dataset, tokenizer.action_space(action_dim=7, chunk_size=2), stats)
+    ids, mask = np.array(out["action_token_ids"]), np.array(out["action_mask"])
+    # The first 2 steps of each frame's plan, chunk-major; the last frame's chunk is whole (a plan does not run out).
+    expected = tokenizer.encode(normalize_actions(plans[:, :2], stats)).reshape(3, 14)
+    np.testing.assert_array_equal(ids, expected)
+    assert mask.all()
+    with pytest.raises(ValueError, match="plan_chunk_size=4"):
+        tokenize_demonstrations(dataset, tokenizer.action_space(action_dim=7, chunk_size=4), stats)
+
+
 def test_config_rejects_unknown_chunk_padding(tmp_path):
     with pytest.raises(ValueError, match="chunk_padding"):
         VLASFTConfig(output_dir=str(tmp_path), chunk_padding="zeros", use_cpu=True)
@@ -231,7 +259,9 @@ def test_make_tiny_sft_student_fits_the_demos(tmp_path):
     def action_error(path):
         model = OpenVLAForActionPrediction.from_pretrained(path)
         policy = VLAPolicy(model.eval(), OpenVLAProcessor.from_pretrained(path))
-        observations = [{"image": np.asarray(r["image"], np.uint8), "proprio": np.asarray(r["proprio"])} for r in demos]
+        observations = [
+            {"image": np.asarray(r["image"], np.uint8), "proprio": np.asarray(r["proprio"])} for r in demos
+        ]
         _, _, actions = policy.sample_actions(policy.build_inputs(observations, demos["instruction"]), 0.0)
         return float(np.abs(actions[:, 0] - np.asarray(demos["action"])).mean()), model.config
 

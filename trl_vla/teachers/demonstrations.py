@@ -2,7 +2,10 @@
 
 The expert acts from the privileged state; the dataset records what a student sees (the agent-view image as
 `LiberoEnv` renders it, oriented as in the OpenVLA LIBERO evaluation, and the proprioception) with the expert's
-continuous action. It feeds `trl_vla.compute_norm_stats`, SFT baselines, and `save_to_disk` / `push_to_hub`.
+continuous action, and optionally the expert's open-loop plan from every frame (`action_chunk`): the chunk the same
+expert, as an OPD teacher, scores highest, so that SFT on the plans and OPD against the expert teach the same targets
+(`benchmarks/teacher_consistency.py` measures how far the executed actions are from them). It feeds
+`trl_vla.compute_norm_stats`, SFT baselines, and `save_to_disk` / `push_to_hub`.
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .scripted_libero import ScriptedLiberoExpert, supported_tasks
+from .scripted_libero import ScriptedLiberoExpert, plan_actions, supported_tasks
 
 
 __all__ = ["collect_demonstrations", "demonstration_features"]
 
 
-def demonstration_features(image_size: int = 128, proprio_dim: int = 8) -> Any:
-    """The `datasets.Features` of `collect_demonstrations`' output."""
+def demonstration_features(image_size: int = 128, proprio_dim: int = 8, plan_chunk_size: int | None = None) -> Any:
+    """The `datasets.Features` of `collect_demonstrations`' output (with `action_chunk` when `plan_chunk_size` is
+    given)."""
     import datasets
 
+    plan = {} if plan_chunk_size is None else {"action_chunk": datasets.Array2D((plan_chunk_size, 7), "float32")}
     return datasets.Features(
         {
             "image": datasets.Image(),
@@ -34,6 +39,7 @@ def demonstration_features(image_size: int = 128, proprio_dim: int = 8) -> Any:
             "task_id": datasets.Value("int64"),
             "init_state_id": datasets.Value("int64"),
             "success": datasets.Value("bool"),
+            **plan,
         }
     )
 
@@ -45,6 +51,7 @@ def collect_demonstrations(
     image_size: int = 128,
     init_state_ids: Sequence[int] | None = None,
     keep_failures: bool = False,
+    plan_chunk_size: int | None = None,
     progress: bool = True,
     **env_kwargs: Any,
 ) -> Any:
@@ -58,13 +65,18 @@ def collect_demonstrations(
         image_size: Side of the rendered agent-view image.
         init_state_ids: Init states to use, cycled through.
         keep_failures: Keep the frames of failed episodes too (their rows have `success=False`).
+        plan_chunk_size: Also record, per frame, the expert's open-loop plan of this many actions from that frame's
+            state (`action_chunk`, `[plan_chunk_size, 7]`, its first action the executed one). `VLASFTTrainer`
+            learns these chunks instead of the next executed actions: the targets the scripted OPD teacher of a
+            student with this chunk size agrees with.
         progress: Show a progress bar over episodes.
         **env_kwargs: Passed on to `LiberoEnv`.
 
     Returns:
         A `datasets.Dataset` with one row per frame: `image` (HxWx3 uint8, a `datasets.Image`), `proprio`,
         `instruction`, `action` (the continuous 7-D action executed, in LIBERO's controller units),
-        `episode_index`, `frame_index`, `task_id`, `init_state_id`, `success` (of the whole episode).
+        `episode_index`, `frame_index`, `task_id`, `init_state_id`, `success` (of the whole episode), and
+        `action_chunk` with `plan_chunk_size`.
     """
     import datasets
 
@@ -78,8 +90,10 @@ def collect_demonstrations(
         )
     if episodes_per_task < 1:
         raise ValueError(f"`episodes_per_task` must be positive, got {episodes_per_task}.")
+    if plan_chunk_size is not None and plan_chunk_size < 1:
+        raise ValueError(f"`plan_chunk_size` must be positive, got {plan_chunk_size}.")
 
-    columns: dict[str, list] = {name: [] for name in demonstration_features()}
+    columns: dict[str, list] = {name: [] for name in demonstration_features(plan_chunk_size=plan_chunk_size)}
     proprio_dim = None
     episode_index = 0
     bar = tqdm(total=len(task_ids) * episodes_per_task, desc=f"{suite} demonstrations", disable=not progress)
@@ -89,12 +103,12 @@ def collect_demonstrations(
         try:
             for k in range(episodes_per_task):
                 init_state_id = int(init_state_ids[k % len(init_state_ids)] if init_state_ids is not None else k % 50)
-                frames, success = _record_episode(env, expert, init_state_id)
+                frames, success = _record_episode(env, expert, init_state_id, plan_chunk_size)
                 bar.update(1)
                 bar.set_postfix(task=task_id, success=success)
                 if not (success or keep_failures):
                     continue
-                for frame_index, (image, proprio, action) in enumerate(frames):
+                for frame_index, (image, proprio, action, plan) in enumerate(frames):
                     proprio_dim = len(proprio)
                     columns["image"].append(image)
                     columns["proprio"].append(proprio)
@@ -105,22 +119,29 @@ def collect_demonstrations(
                     columns["task_id"].append(task_id)
                     columns["init_state_id"].append(init_state_id)
                     columns["success"].append(success)
+                    if plan is not None:
+                        columns["action_chunk"].append(plan)
                 episode_index += 1
         finally:
             env.close()
     bar.close()
-    features = demonstration_features(image_size, proprio_dim if proprio_dim is not None else 8)
+    features = demonstration_features(image_size, proprio_dim if proprio_dim is not None else 8, plan_chunk_size)
     return datasets.Dataset.from_dict(columns, features=features)
 
 
-def _record_episode(env: Any, expert: ScriptedLiberoExpert, init_state_id: int) -> tuple[list[tuple], bool]:
-    """One episode of the standard protocol: `[(image, proprio, action), ...]` and whether it succeeded."""
+def _record_episode(
+    env: Any, expert: ScriptedLiberoExpert, init_state_id: int, plan_chunk_size: int | None = None
+) -> tuple[list[tuple], bool]:
+    """One episode of the standard protocol: `[(image, proprio, action, plan or None), ...]` and whether it
+    succeeded."""
     observation, info = env.reset(options={"init_state_id": init_state_id})
     frames = []
     for _ in range(env.max_episode_steps):
-        action = expert.action(info["privileged_state"])
+        state = info["privileged_state"]
+        action = expert.action(state)
+        plan = None if plan_chunk_size is None else plan_actions(state, plan_chunk_size)
         frames.append(
-            (np.asarray(observation["image"], np.uint8), np.asarray(observation["proprio"], np.float32), action)
+            (np.asarray(observation["image"], np.uint8), np.asarray(observation["proprio"], np.float32), action, plan)
         )
         observation, _, terminated, truncated, info = env.step(action)
         if info.get("success", False):

@@ -2,7 +2,8 @@
 `trl.SFTTrainer`.
 
 Each dataset row is one demonstration frame (the columns of `trl_vla.teachers.collect_demonstrations`). Before
-training, every row gets its target action tokens: the next `chunk_size` continuous actions of its episode,
+training, every row gets its target action tokens: the next `chunk_size` continuous actions of its episode (or the
+first `chunk_size` actions of its `action_chunk`, the demonstrator's plan from that frame, when the dataset has one),
 normalised with the student's `norm_stats[unnorm_key]` and encoded by the student's `ActionTokenizer`
 (`action_token_ids` `[A]`, with `action_mask` `[A]` marking the tokens that count). Each training step builds the
 student's inputs from the frames through its processor (the policy contract's `build_inputs`), teacher-forces the
@@ -42,7 +43,8 @@ __all__ = [
 ]
 
 DEMONSTRATION_COLUMNS = ("image", "instruction", "action", "episode_index", "frame_index")
-"""Columns a demonstrations dataset must have (optional: `proprio`, `wrist_image`)."""
+"""Columns a demonstrations dataset must have (optional: `proprio`, `wrist_image`, and `action_chunk`, a
+`[chunk, action_dim]` target chunk per frame that replaces the next executed actions)."""
 
 _OBSERVATION_COLUMNS = ("image", "wrist_image", "proprio")
 
@@ -125,7 +127,8 @@ def tokenize_demonstrations(
     dataset: datasets.Dataset, action_space: Any, norm_stats: dict[str, Any], padding: str = "mask"
 ) -> datasets.Dataset:
     """Add the columns `action_token_ids` `[A]` (int64) and `action_mask` `[A]` (float32) to a demonstrations dataset:
-    the target chunk of each frame (`build_chunk_targets`), normalised with `norm_stats` and encoded in
+    the target chunk of each frame (`build_chunk_targets`, or the first `chunk_size` actions of the row's
+    `action_chunk` when the dataset has that column, every token valid), normalised with `norm_stats` and encoded in
     `action_space`'s chunk-major token order."""
     check_demonstrations(dataset, "dataset")
     columns = dataset.select_columns(["episode_index", "frame_index", "action"]).with_format("numpy")[:]
@@ -135,9 +138,20 @@ def tokenize_demonstrations(
             f"The demonstrations' actions are {actions.shape[-1]}-D but the student's action space is "
             f"{action_space.action_dim}-D."
         )
-    targets, valid = build_chunk_targets(
-        columns["episode_index"], columns["frame_index"], actions, action_space.chunk_size, padding
-    )
+    if "action_chunk" in dataset.column_names:
+        chunks = np.asarray(dataset.with_format("numpy")["action_chunk"], np.float64)  # [N, plan, D]
+        if chunks.ndim != 3 or chunks.shape[1] < action_space.chunk_size or chunks.shape[2] != action_space.action_dim:
+            raise ValueError(
+                f"The demonstrations' `action_chunk` rows have shape {chunks.shape[1:]}, but the student needs "
+                f"({action_space.chunk_size} or more, {action_space.action_dim}); record them with "
+                f"`collect_demonstrations(..., plan_chunk_size={action_space.chunk_size})` or drop the column."
+            )
+        targets = chunks[:, : action_space.chunk_size]
+        valid = np.ones(targets.shape[:2], bool)
+    else:
+        targets, valid = build_chunk_targets(
+            columns["episode_index"], columns["frame_index"], actions, action_space.chunk_size, padding
+        )
     tokenizer = ActionTokenizer.from_action_space(action_space)
     token_ids = tokenizer.encode(normalize_actions(targets, norm_stats)).reshape(len(dataset), -1)
     mask = np.repeat(valid, action_space.action_dim, axis=1).astype(np.float32)  # chunk-major, like the tokens
@@ -192,7 +206,8 @@ class VLASFTTrainer(SFTTrainer):
             Configuration.
         train_dataset ([`~datasets.Dataset`]):
             Demonstration frames: `image` (HxWx3 uint8 or a `datasets.Image`), `instruction`, `action` (continuous,
-            in the environment's units), `episode_index`, `frame_index`; optionally `proprio` and `wrist_image`.
+            in the environment's units), `episode_index`, `frame_index`; optionally `proprio`, `wrist_image` and
+            `action_chunk` (a target chunk per frame, e.g. the demonstrator's plan).
         eval_dataset ([`~datasets.Dataset`], *optional*):
             Held-out demonstration frames; `evaluate()` reports their loss, token accuracy and entropy.
         processing_class ([`~transformers.ProcessorMixin`], *optional*):
