@@ -4,9 +4,8 @@
     python benchmarks/sample_efficiency.py                    # the CPU default (settings and runtime below)
     python benchmarks/sample_efficiency.py --budget 20000 --task_ids 0 1 2 3 --eval_episodes 8   # larger
 
-From one initial student (a tiny OpenVLA, chunked parallel decoding, SFT'd on one scripted demonstration per task, as
-VLA-OPD's student is SFT'd on one demonstration per task), every method gets the same budget of environment steps
-on the training tasks:
+From one initial student (a tiny OpenVLA, chunked parallel decoding, SFT'd on `--init_demos_per_task` scripted
+demonstrations per task), every method gets the same budget of environment steps on the training tasks:
 
 * `opd_reverse_kl`: VLA-OPD with the exact KL(student || teacher) over the action bins (`VLAOPDTrainer` default);
 * `opd_sampled_reverse_kl`: the paper's estimator (REINFORCE on the sampled tokens, reward log p_T - log p_S);
@@ -14,14 +13,19 @@ on the training tasks:
 * `opd_hard_ce`: cross-entropy on the teacher's argmax bin (DAgger);
 * `grpo`: `VLAGRPOTrainer`, sparse 0/1 success reward, group-relative advantages, asymmetric clip;
 * `sft`: `VLASFTTrainer` on as many further scripted demonstrations as fit in the budget's env steps (from the
-  initial student, on its demonstration plus the new ones).
+  initial student, on its demonstrations plus the new ones).
+
+VLA-OPD's student is SFT'd on one demonstration per task (`--init_demos_per_task 1`). At this CPU scale that
+student never succeeds (0/8 greedy episodes, with either `--norm_stats`), so every curve starts and stays at 0 and
+the benchmark separates nothing; the default, 8 demonstrations, gives a student that succeeds on 3 of 8 evaluation
+episodes, a starting point that each method can improve or damage.
 
 The teacher of the OPD variants is the privileged scripted expert (`ScriptedLiberoExpert`: a discretised Gaussian over
 the bins around its action, in the student's normalised action space). Every method is evaluated greedily (standard
 protocol, init states `0 .. eval_episodes - 1`) at `num_evals` evenly spaced points of its budget; the student's
 action entropy (nats per action token, temperature 1) is measured at the same points on a fixed probe set (the frames
 of the initial demonstrations), so that all methods are compared on the same states. Evaluation env steps are not
-charged to the budget. With `--held_out_task_ids`, the initial student is also SFT'd on one demonstration of each
+charged to the budget. With `--held_out_task_ids`, the initial student is also SFT'd on the demonstrations of each
 held-out task, the methods train only on `--task_ids`, and the held-out tasks are evaluated before and after
 (forgetting, as VLA-OPD measures it).
 
@@ -67,9 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task_ids", type=int, nargs="+", default=[0], help="training tasks")
     parser.add_argument("--held_out_task_ids", type=int, nargs="*", default=[], help="tasks for forgetting")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--budget", type=int, default=2400, help="env steps per method")
+    parser.add_argument("--budget", type=int, default=9600, help="env steps per method")
     parser.add_argument("--num_evals", type=int, default=3, help="evaluation points per method (after the start)")
-    parser.add_argument("--eval_episodes", type=int, default=4, help="greedy episodes per task per evaluation")
+    parser.add_argument("--eval_episodes", type=int, default=8, help="greedy episodes per task per evaluation")
     parser.add_argument("--train_init_states", type=int, default=8, help="init states 0..n-1 used as prompts")
     parser.add_argument("--prompts_per_step", type=int, default=2)
     parser.add_argument("--num_generations", type=int, default=2)
@@ -80,11 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--num_envs", type=int, default=2)
     parser.add_argument("--chunk_size", type=int, default=8)
-    parser.add_argument("--use_proprio", action="store_true", help="give the student OFT's proprio token")
+    parser.add_argument(
+        "--use_proprio", action=argparse.BooleanOptionalAction, default=True, help="the student's OFT proprio token"
+    )
     parser.add_argument(
         "--norm_stats",
         choices=("controller", "demos"),
-        default="controller",
+        default="demos",
         help="the student's action range: LIBERO's whole controller range [-1, 1] (identity statistics), or the "
         "BOUNDS_Q99 range of the initial demonstrations (which clips the teacher's corrective actions)",
     )
@@ -94,11 +100,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--init_demos_per_task",
         type=int,
-        default=1,
+        default=8,
         help="scripted demonstrations per task (init states 0..n-1) of the initial student's SFT",
     )
+    parser.add_argument(
+        "--sft_targets",
+        choices=("executed", "plans"),
+        default="executed",
+        help="SFT chunk targets (initial student and SFT baseline): the expert's next executed actions, or its "
+        "open-loop plan from each frame, the chunk the OPD teacher scores highest (benchmarks/teacher_consistency.py)",
+    )
     parser.add_argument("--init_sft_epochs", type=float, default=40.0, help="epochs of the initial student's SFT")
-    parser.add_argument("--sft_steps", type=int, default=150, help="optimizer steps of the SFT baseline per point")
+    parser.add_argument("--sft_steps", type=int, default=400, help="optimizer steps of the SFT baseline per point")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="outputs/sample_efficiency")
     parser.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline in a few minutes")
@@ -106,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.budget, args.num_evals, args.eval_episodes, args.num_iterations = 200, 1, 1, 2
         args.max_episode_steps, args.train_init_states, args.init_sft_epochs, args.sft_steps = 40, 2, 5, 10
+        args.init_demos_per_task = 1
     return args
 
 
@@ -124,6 +138,7 @@ def make_initial_student(args, path: str) -> tuple[Any, list[dict], list[str]]:
     demos = collect_demonstrations(
         args.suite, args.task_ids + args.held_out_task_ids, episodes_per_task=args.init_demos_per_task,
         image_size=args.image_size, init_state_ids=list(range(args.init_demos_per_task)), progress=False,
+        plan_chunk_size=plan_chunk_size(args),
     )  # fmt: skip
     make_tiny_sft_student(
         path,
@@ -138,6 +153,11 @@ def make_initial_student(args, path: str) -> tuple[Any, list[dict], list[str]]:
     probe = demos.select(range(0, len(demos), max(1, len(demos) // 64)))
     observations = [{"image": np.asarray(r["image"], np.uint8), "proprio": np.asarray(r["proprio"])} for r in probe]
     return demos, observations, list(probe["instruction"])
+
+
+def plan_chunk_size(args) -> int | None:
+    """`collect_demonstrations`' `plan_chunk_size`: record the expert's plans as SFT targets, or not."""
+    return args.chunk_size if args.sft_targets == "plans" else None
 
 
 def sft_kwargs(args, output_dir: str, **overrides) -> dict[str, Any]:
@@ -306,7 +326,7 @@ def run_sft_baseline(args, student_path: str, init_demos, probe: Probe) -> tuple
             next_init_state += per_task
             demos = collect_demonstrations(
                 args.suite, args.task_ids, episodes_per_task=per_task, image_size=args.image_size,
-                init_state_ids=init_states, keep_failures=True, progress=False,
+                init_state_ids=init_states, keep_failures=True, progress=False, plan_chunk_size=plan_chunk_size(args),
             )  # fmt: skip
             env_steps += len(demos)  # failed demonstrations cost env steps too
             offset = 1 + max(max(part["episode_index"]) for part in parts)
@@ -422,6 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 seed=args.seed, envs=envs, max_episode_steps=args.max_episode_steps, progress=False,
             )  # fmt: skip
         print(f"  initial: {results['initial']}, teacher success {results['teacher_success']:.2f}", flush=True)
+        save_results(results, args.output_dir)
         for method in args.methods:
             print(f"{method}", flush=True)
             start = time.perf_counter()
@@ -437,14 +458,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )  # fmt: skip
                 run["forgetting"] = forgetting_report(held_out_before, after)
             results["methods"][method] = run
+            save_results(results, args.output_dir)  # an interrupted run keeps the methods it finished
     finally:
         envs.close()
     results["seconds"] = time.perf_counter() - started
     table = report(results, args.output_dir)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=float)
+    save_results(results, args.output_dir)
     print(f"\n{table}\n\nTotal time {results['seconds'] / 60:.1f} min; plots and results.json in {args.output_dir}")
     return results
+
+
+def save_results(results: dict[str, Any], output_dir: str) -> None:
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=float)
 
 
 def probe_policy(model, processor):
