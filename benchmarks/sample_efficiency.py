@@ -2,7 +2,7 @@
 
     python benchmarks/sample_efficiency.py --smoke            # a few minutes: the pipeline end to end
     python benchmarks/sample_efficiency.py                    # the CPU default (settings and runtime below)
-    python benchmarks/sample_efficiency.py --budget 20000 --task_ids 0 1 2 3 --eval_episodes 8   # larger
+    python benchmarks/sample_efficiency.py --budget 40000 --task_ids 0 1 2 3 --prompts_per_step 8   # larger
 
 From one initial student (a tiny OpenVLA, chunked parallel decoding, SFT'd on `--init_demos_per_task` scripted
 demonstrations per task), every method gets the same budget of environment steps on the training tasks:
@@ -33,19 +33,38 @@ Outputs, in `--output_dir`: `results.json` (every curve and setting), `success_v
 `entropy_vs_env_steps.png`, and a markdown table printed at the end (success at each evaluation point, env steps to
 reach 90% of the teacher's success, final entropy, wall-clock time).
 
-CPU default (2 cores): libero_object task 0, budget 2400 env steps per method, rounds of 2 prompts x 2 episodes with
-4 optimizer steps per round, episodes capped at 120 steps (the expert needs about 85), 3 evaluation points x 4 greedy
-episodes, 64 px images, temperature 1.0, lr 3e-4. Measured on the project machine while other jobs shared its 2 cores
-(load about 6): initial student about 3.5 min, each OPD variant about 4 min, GRPO about 2.5 min, the SFT baseline
-5-10 min (scripted demonstrations render every frame, rollouts only every chunk): about 30-35 min in all; `--smoke`
-7-10 min. The rollouts run at 16-20 env steps/s on two simulator workers.
+CPU default (2 cores): libero_object task 0; the initial student SFT'd (40 epochs) on 8 scripted demonstrations (init
+states 0-7) with its action statistics from them and OFT's proprio token; budget 9600 env steps per method; rounds of
+2 prompts x 2 episodes (temperature 1.0) with 4 optimizer steps per round, lr 3e-4; episodes capped at 120 steps (the
+expert needs about 85); 3 evaluation points x 8 greedy episodes (init states 0-7); 64 px images; the SFT baseline
+trains 400 steps per point. Measured on the project machine's 2 idle cores: the initial student and the teacher's
+evaluation about 6.5 min, each OPD variant 4.5-5.5 min, GRPO about 4 min, the SFT baseline about 21 min (scripted
+demonstrations render every frame, rollouts only every chunk): about 55 min for all six methods; `--smoke` 7-10 min.
 
-What to expect at this scale (a run of `--methods opd_reverse_kl grpo` with `--num_iterations 1`): the tiny student
-SFT'd on one demonstration never succeeds (0/4), and 2400 env steps are not enough for any method to change that;
-reverse-KL OPD raises the student's argmax agreement with the teacher from 0.09 to 0.22 and its entropy towards the
-teacher's (2.1 -> 3.2 nats/token, teacher about 2.5), while GRPO gets no gradient at all (every group all-fail: the
-"bootstrap wall" of a sparse reward). Separating the methods needs `--budget` in the tens of thousands and more tasks
-(`--task_ids 0 1 2 3 --budget 20000 --eval_episodes 8`, several hours on this CPU; minutes on a GPU machine).
+What it showed (two runs of the defaults, the first cut off after `opd_reverse_kl` and `grpo`, the second running the
+other four; both built the same initial student, 37.5% greedy success, entropy 0.96 nats/token; the teacher succeeds
+8/8; success at about 3.3k / 6.7k / 10k env steps, final entropy):
+
+| method | success | final entropy |
+|---|---|---|
+| opd_reverse_kl | 0% / 0% / 0% | 2.85 |
+| opd_sampled_reverse_kl | 0% / 0% / 0% | 2.02 |
+| opd_forward_kl | 0% / 0% / 0% | 4.49 |
+| opd_hard_ce | 0% / 0% / 0% | 2.80 |
+| grpo | 0% / 12.5% / 0% | 1.32 |
+| sft (46 / 84 / 121 demonstrations) | 75% / 75% / 75% | 1.31 |
+
+At this scale the paper's claims are refuted, not confirmed: every OPD loss drives the student to 0% within the first
+third of the budget, SFT on more demonstrations is the only method that helps, and no method reaches 90% of the
+teacher. Of the entropy predictions, forward KL's does rise most (0.96 -> 4.5) but hard CE's rises too (-> 2.8)
+instead of collapsing, and reverse KL's is not stable (-> 2.9). What the diagnostics point at: the tiny student is a
+loose imitator from the sharp teacher's point of view (on the expert's own states its greedy bins are 10-30 bins from
+the teacher's, the teacher's log-prob of its tokens -6.6), OPD trains only on the latest round's 4 episodes, of states
+where the student is failing, and (in a run with 16 optimizer steps per round) within a round the per-token KL falls
+from about 12 to 5 nats but is back at 10-11 on the next round's states: each round overwrites the last instead of accumulating (DAgger would aggregate them).
+`--sft_targets plans` (SFT on the teacher's own open-loop plans, see `benchmarks/teacher_consistency.py`) does not
+rescue it: that initial student succeeds 0/8, reverse-KL OPD keeps it at 0%, and GRPO lifts it to 37.5% / 12.5% / 25%.
+With one demonstration per task every curve, the initial student's included, stays at 0%.
 """
 
 from __future__ import annotations
