@@ -64,7 +64,8 @@ where the student is failing, and (in a run with 16 optimizer steps per round) w
 from about 12 to 5 nats but is back at 10-11 on the next round's states: each round overwrites the last instead of accumulating (DAgger would aggregate them).
 `--sft_targets plans` (SFT on the teacher's own open-loop plans, see `benchmarks/teacher_consistency.py`) does not
 rescue it: that initial student succeeds 0/8, reverse-KL OPD keeps it at 0%, and GRPO lifts it to 37.5% / 12.5% / 25%.
-With one demonstration per task every curve, the initial student's included, stays at 0%.
+A teacher 4x wider (`--teacher_sigma 0.2 --methods opd_reverse_kl`, 11 min) does not either: 0% / 0% / 0%. With one
+demonstration per task every curve, the initial student's included, stays at 0%.
 
 Forgetting (`--held_out_task_ids 1 --methods opd_reverse_kl grpo sft --budget 4800 --num_evals 1`, 29.5 min): the
 initial student, SFT'd on 8 demonstrations of tasks 0 and 1, succeeds 4/8 on task 0 and 1/8 on held-out task 1.
