@@ -52,7 +52,8 @@ def test_chunk_targets_refuse_missing_frames():
         build_chunk_targets([0, 0, 0], [0, 1, 3], np.zeros((3, 2)), chunk_size=2)
 
 
-def test_tokenize_demonstrations_chunk_major_and_masked():
+def _three_frame_episode():
+    """One 3-frame episode of 7-D actions (0.0, 0.1, 0.2 in every dimension) as a demonstrations dataset."""
     episode, frame, actions = _episodes([3], dim=7)
     actions = actions / 10.0
     dataset = datasets.Dataset.from_dict(
@@ -64,6 +65,11 @@ def test_tokenize_demonstrations_chunk_major_and_masked():
             "frame_index": frame.tolist(),
         }
     )
+    return actions, dataset
+
+
+def test_tokenize_demonstrations_chunk_major_and_masked():
+    actions, dataset = _three_frame_episode()
     tokenizer = ActionTokenizer(vocab_size=32000)
     space = tokenizer.action_space(action_dim=7, chunk_size=2, unnorm_key="demo")
     stats = compute_norm_stats(dataset)
@@ -85,19 +91,9 @@ def test_tokenize_demonstrations_chunk_major_and_masked():
 
 
 def test_tokenize_demonstrations_prefers_the_action_chunk_column():
-    episode, frame, actions = _episodes([3], dim=7)
-    actions = actions / 10.0
+    actions, dataset = _three_frame_episode()
     plans = -np.stack([actions + 0.01 * k for k in range(3)], axis=1)  # [3 frames, 3 steps, 7]: not the next actions
-    dataset = datasets.Dataset.from_dict(
-        {
-            "image": [np.zeros((4, 4, 3), np.uint8)] * 3,
-            "instruction": ["pick"] * 3,
-            "action": actions.tolist(),
-            "episode_index": episode.tolist(),
-            "frame_index": frame.tolist(),
-            "action_chunk": plans.tolist(),
-        }
-    )
+    dataset = dataset.add_column("action_chunk", plans.tolist())
     from trl_vla import normalize_actions
 
     tokenizer = ActionTokenizer(vocab_size=32000)
