@@ -58,10 +58,12 @@ At this scale the paper's claims are refuted, not confirmed: every OPD loss driv
 third of the budget, SFT on more demonstrations is the only method that helps, and no method reaches 90% of the
 teacher. Of the entropy predictions, forward KL's does rise most (0.96 -> 4.5) but hard CE's rises too (-> 2.8)
 instead of collapsing, and reverse KL's is not stable (-> 2.9). What the diagnostics point at: the tiny student is a
-loose imitator from the sharp teacher's point of view (on the expert's own states its greedy bins are 10-30 bins from
-the teacher's, the teacher's log-prob of its tokens -6.6), OPD trains only on the latest round's 4 episodes, of states
-where the student is failing, and (in a run with 16 optimizer steps per round) within a round the per-token KL falls
-from about 12 to 5 nats but is back at 10-11 on the next round's states: each round overwrites the last instead of accumulating (DAgger would aggregate them).
+loose imitator from the sharp teacher's point of view (a one-off check, not shipped: on the expert's own states of
+init state 0 its greedy bins are 10-30 bins from the teacher's, the teacher's log-prob of its tokens -6.6); OPD
+trains only on the latest round's 4 episodes, of states where the student is failing; and in the trainer's log of a
+run with `--num_iterations 16 --learning_rate 1e-3` the per-token KL falls from about 12 to 5 nats within a round but
+is back at 10-11 on the next round's states: each round overwrites the last instead of accumulating (DAgger would
+aggregate them).
 `--sft_targets plans` (SFT on the teacher's own open-loop plans, see `benchmarks/teacher_consistency.py`) does not
 rescue it: that initial student succeeds 0/8, reverse-KL OPD keeps it at 0%, and GRPO lifts it to 37.5% / 12.5% / 25%.
 A teacher 4x wider (`--teacher_sigma 0.2 --methods opd_reverse_kl`, 11 min) does not either: 0% / 0% / 0%. With one
