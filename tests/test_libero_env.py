@@ -159,6 +159,7 @@ def test_chunk_renders_once_and_matches_stepping_one_action_at_a_time(env):
     chunk_obs, reward, terminated, truncated, info = env.step(actions)
     assert env.num_renders - renders == 1
     assert info["env_steps"] == 8 and info["elapsed_steps"] == 8 and not terminated and not truncated
+    assert "step_privileged_states" not in info  # only with record_step_states
 
     env.reset(options={"init_state_id": 1})
     renders = env.num_renders
@@ -166,6 +167,28 @@ def test_chunk_renders_once_and_matches_stepping_one_action_at_a_time(env):
         single_obs, *_ = env.step(action)
     assert env.num_renders - renders == 8
     _assert_same_obs(chunk_obs, single_obs)
+
+
+def test_step_states_are_the_states_after_each_step(env):
+    # The module's env with the option switched on: a second env built and closed in this process changes what a
+    # later-built env renders (test_matches_a_fresh_env... then fails), a renderer-sharing effect outside this test.
+    env.record_step_states = True
+    try:
+        actions = np.random.default_rng(1).uniform(-0.5, 0.5, (5, 7))
+        env.reset(options={"init_state_id": 1})
+        _, _, _, _, info = env.step(actions)
+        states = info["step_privileged_states"]
+        assert len(states) == info["env_steps"] == 5 and states[-1] is info["privileged_state"]
+
+        env.reset(options={"init_state_id": 1})
+        for k, action in enumerate(actions):
+            _, _, _, _, single = env.step(action)
+            assert len(single["step_privileged_states"]) == 1
+            for key, value in single["privileged_state"].items():
+                np.testing.assert_array_equal(states[k][key], value, err_msg=f"step {k}: {key}")
+        assert not np.array_equal(states[0]["eef_pos"], states[-1]["eef_pos"])  # the arm moved in between
+    finally:
+        env.record_step_states = False
 
 
 def test_truncation_counts_env_steps(env):

@@ -91,7 +91,7 @@ def _put_object_in_basket(env):
 
 def test_trajectories_and_masks_after_termination():
     prompts = make_prompts(SUITE, task_ids=[0], init_state_ids=[0, 1])
-    with LiberoEnvPool(num_workers=0) as envs:
+    with LiberoEnvPool(num_workers=0, record_step_states=True) as envs:
 
         def succeed_during_second_decision(call):
             if call == 2:  # episode 0 runs first (one environment): its object lands in the basket now
@@ -121,6 +121,16 @@ def test_trajectories_and_masks_after_termination():
     assert steps["instructions"] == ["pick up the alphabet soup and place it in the basket"] * 5
     first = steps["observations"][0]
     assert {"image", "proprio", "privileged_state"} <= set(first) and first["image"].dtype == np.uint8
+    # Each decision carries the states its chunk went through: its own, then one after every executed action; the
+    # last is the state of the next decision.
+    chunk_states = [obs["chunk_privileged_states"] for obs in steps["observations"]]
+    assert [len(c) for c in chunk_states] == [9, 2, 9, 9, 5]
+    assert all(c[0] is obs["privileged_state"] for c, obs in zip(chunk_states, steps["observations"]))
+    for k in (0, 2, 3):
+        np.testing.assert_array_equal(
+            chunk_states[k][-1]["eef_pos"], steps["observations"][k + 1]["privileged_state"]["eef_pos"]
+        )
+    assert chunk_states[1][-1]["success"][0] == 1.0 and chunk_states[0][-1]["success"][0] == 0.0
     # The stored log-probs are the policy's own under the sampling temperature: what a trainer recomputes.
     logits = policy.action_logits(policy.build_inputs(steps["observations"], steps["instructions"]), None)
     expected = torch.log_softmax(logits, -1).gather(-1, (steps["token_ids"] - 31744).unsqueeze(-1)).squeeze(-1)

@@ -5,7 +5,10 @@ Observations
     A batch of observations is a sequence of per-environment dicts, as `LiberoEnv` produces them:
     `"image"` (`[H, W, 3]` uint8, oriented as in the OpenVLA LIBERO evaluation), optionally `"wrist_image"` and
     `"proprio"` (`[P]` float32), and `"privileged_state"` (a flat dict of numpy arrays, the simulator state a
-    privileged expert reads). A policy uses the keys it needs and ignores the others.
+    privileged expert reads). Observations stored by a rollout whose environments record step states also hold
+    `"chunk_privileged_states"`: the states the chunk decided on them went through (see `trl_vla.rollout`), from which
+    a privileged teacher scores every action of the chunk at the state it was executed in. A policy uses the keys it
+    needs and ignores the others.
 
 Action tokens
     One decision emits `A = action_space.action_dim * action_space.chunk_size` tokens in chunk-major order. Logits are

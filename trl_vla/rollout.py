@@ -199,16 +199,15 @@ class LiberoEnvPool:
     Args:
         num_workers: Worker processes (= parallel environments). `0` runs one environment in this process (no fault
             isolation or timeouts; for debugging and profiling).
-        image_size: Camera resolution.
-        wrist_camera: Also render the wrist camera.
-        cheap_rendering: Shadows and reflections off (see `LiberoEnv`).
         step_timeout: Seconds one command (a reset, which may rebuild the task, or one action chunk) may take before
             the worker is presumed hung, killed and replaced, and its episode reported as a fault.
         start_timeout: Seconds a (re)started worker may take to import its libraries.
-        env_factory: `env_factory(suite, task_id, image_size=, wrist_camera=, cheap_rendering=)` builds an
-            environment (default: `LiberoEnv`). It must be picklable (a module-level function or a
-            `functools.partial` of one). The environment must switch task on `reset(options={"suite", "task_id"})`.
+        env_factory: `env_factory(suite, task_id, **env_kwargs)` builds an environment (default: `LiberoEnv`). It
+            must be picklable (a module-level function or a `functools.partial` of one). The environment must switch
+            task on `reset(options={"suite", "task_id"})`.
         start_method: `multiprocessing` start method of the workers.
+        **env_kwargs: Keyword arguments of every environment, e.g. `LiberoEnv`'s `image_size`, `wrist_camera`,
+            `cheap_rendering`, `record_step_states`.
 
     Workers build their environment on the first reset and keep it across episodes and calls; use the pool as a
     context manager or call `close()`.
@@ -217,13 +216,11 @@ class LiberoEnvPool:
     def __init__(
         self,
         num_workers: int = 2,
-        image_size: int = 128,
-        wrist_camera: bool = False,
-        cheap_rendering: bool = False,
         step_timeout: float = 300.0,
         start_timeout: float = 300.0,
         env_factory: Callable[..., Any] | None = None,
         start_method: str = "spawn",
+        **env_kwargs: Any,
     ):
         if num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0 (0 runs the environment in-process), got {num_workers}.")
@@ -239,7 +236,7 @@ class LiberoEnvPool:
         self.num_restarts = 0
         self._tag = 0
         self._env_factory = env_factory
-        self._env_kwargs = {"image_size": image_size, "wrist_camera": wrist_camera, "cheap_rendering": cheap_rendering}
+        self._env_kwargs = env_kwargs
         self._ctx = mp.get_context(start_method)
         self._workers: list[_Worker] = []
         self._local = _EnvHost(env_factory, self._env_kwargs) if num_workers == 0 else None
@@ -377,7 +374,8 @@ class RolloutBatch:
     action tokens per decision).
 
     Per decision step (padded to `T`; `mask` says which steps were taken: steps after an episode ended are masked):
-    `observations[e][t]` (the dict the policy acted on: uint8 `image` / `wrist_image`, `proprio`, `privileged_state`),
+    `observations[e][t]` (the dict the policy acted on: uint8 `image` / `wrist_image`, `proprio`, `privileged_state`;
+    with environments that record step states, also `chunk_privileged_states`, the states the chunk then went through),
     `token_ids` `[E, T, A]`, `log_probs` `[E, T, A]` (the student's, under the sampling temperature), `actions`
     `[E, T, chunk, dim]` (the robot actions the policy returned), `executed_actions` `[E, T]` int64 (how many actions
     of each chunk the simulator ran: fewer than `chunk` when the episode ended inside it or with `open_loop_steps`,
@@ -538,6 +536,14 @@ def _observation(obs: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, A
     return dict(obs)
 
 
+def _record_chunk_states(observation: dict[str, Any], step_states: Sequence[Mapping[str, np.ndarray]]) -> None:
+    """Store, in the observation a chunk was decided on, the privileged states the chunk went through:
+    `chunk_privileged_states[k]` is the state the chunk's action `k` was applied in, and the last entry the state after
+    its last executed action (so `len - 1` actions ran; a fault leaves only the decision's own state)."""
+    if "privileged_state" in observation:
+        observation["chunk_privileged_states"] = [observation["privileged_state"], *step_states]
+
+
 def _as_prompt_rows(prompts: Any) -> list[dict[str, Any]]:
     columns = getattr(prompts, "column_names", None)
     if columns is not None:
@@ -685,6 +691,7 @@ def collect_rollouts(
                     episode.fault = reply.message or "simulator fault"
                     if commands[env_index][0] == "step":
                         episode.executed_actions.append(0)
+                        _record_chunk_states(episode.observations[-1], [])
                     finish(env_index)
                     continue
                 if commands[env_index][0] == "reset":
@@ -695,6 +702,8 @@ def collect_rollouts(
                 obs, _, terminated, truncated, info = reply.value
                 executed = int(info.get("env_steps", len(commands[env_index][1])))
                 episode.executed_actions.append(executed)
+                if "step_privileged_states" in info:
+                    _record_chunk_states(episode.observations[-1], info["step_privileged_states"])
                 episode.env_steps += executed
                 episode.success = bool(info.get("success", terminated))
                 capped = max_episode_steps is not None and episode.env_steps >= max_episode_steps

@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 
 from .libero_setup import renderer_error, setup_libero
-from .libero_state import LIBERO_SUITES
+from .libero_state import LIBERO_SUITES, extract_privileged_state
 
 
 __all__ = [
@@ -193,11 +193,15 @@ class LiberoEnv(gym.Env):
         max_episode_steps: Episode limit in environment steps after the wait steps (default: the suite's standard).
         num_wait_steps: No-op steps after each reset.
         seed: Seeds the choice of init state when `reset` is not told which one to use.
+        record_step_states: Also return the privileged state after every step of a chunk
+            (`info["step_privileged_states"]`), not only after its last one: what a privileged teacher needs to label
+            every action of an executed chunk with its own closed-loop action (about 2 ms a step, no rendering).
 
     Observations are dicts: `image` (`[H, W, 3]` uint8, agent view rotated 180 degrees), `wrist_image` (when
     enabled), `proprio` (`[8]` float32: end-effector position, axis-angle orientation, two gripper finger positions).
     `info` always holds `success`, `privileged_state` (see `trl_vla.envs.libero_state`), `env_steps` (steps run by
-    this call), `elapsed_steps`, `suite`, `task_id` and `init_state_id`.
+    this call), `elapsed_steps`, `suite`, `task_id` and `init_state_id`; with `record_step_states`, `step` adds
+    `step_privileged_states`, the state after each step it ran (the last one is `privileged_state`).
 
     `step(action)` takes one action `[7]` or a chunk `[k, 7]` (robot units: delta position, delta axis-angle,
     gripper -1 open / +1 close), run open-loop; it stops early when the task succeeds or the episode limit is reached.
@@ -216,6 +220,7 @@ class LiberoEnv(gym.Env):
         max_episode_steps: int | None = None,
         num_wait_steps: int = NUM_WAIT_STEPS,
         seed: int | None = None,
+        record_step_states: bool = False,
     ):
         if image_size < 1:
             raise ValueError(f"`image_size` must be positive, got {image_size}.")
@@ -225,6 +230,7 @@ class LiberoEnv(gym.Env):
         self.wrist_camera = wrist_camera
         self.cheap_rendering = cheap_rendering
         self.num_wait_steps = num_wait_steps
+        self.record_step_states = record_step_states
         self._max_episode_steps_override = max_episode_steps
         self.render_mode = "rgb_array"
 
@@ -383,11 +389,14 @@ class LiberoEnv(gym.Env):
             raise ValueError("The action contains NaN or inf.")
         num = min(len(actions), self.max_episode_steps - self._elapsed)
         success, raw = False, None
+        step_states = []
         for i in range(num):
             self._render_cameras = i == num - 1
             raw, _, done, _ = self._env.step(actions[i])
             self._elapsed += 1
             self._check_finite()
+            if self.record_step_states:
+                step_states.append(extract_privileged_state(self._env))
             if done:
                 success = True
                 if i < num - 1:  # stopped early: this step ran without the camera
@@ -398,7 +407,10 @@ class LiberoEnv(gym.Env):
         truncated = not success and self._elapsed >= self.max_episode_steps
         self._episode_over = success or truncated
         obs = self._observation(raw)
-        return obs, float(success), success, truncated, self._info(success=success, env_steps=num)
+        info = self._info(success=success, env_steps=num, privileged_state=step_states[-1] if step_states else None)
+        if self.record_step_states:
+            info["step_privileged_states"] = step_states
+        return obs, float(success), success, truncated, info
 
     def render(self) -> np.ndarray:
         """The agent-view frame of the last observation (`[H, W, 3]` uint8)."""
@@ -451,12 +463,12 @@ class LiberoEnv(gym.Env):
         self._last_obs = libero_observation(raw, self.wrist_camera)
         return self._last_obs
 
-    def _info(self, success: bool, env_steps: int) -> dict[str, Any]:
-        from .libero_state import extract_privileged_state
-
+    def _info(
+        self, success: bool, env_steps: int, privileged_state: dict[str, np.ndarray] | None = None
+    ) -> dict[str, Any]:
         return {
             "success": bool(success),
-            "privileged_state": extract_privileged_state(self._env),
+            "privileged_state": extract_privileged_state(self._env) if privileged_state is None else privileged_state,
             "env_steps": int(env_steps),
             "elapsed_steps": self._elapsed,
             "suite": self.suite,
