@@ -4,9 +4,11 @@
     python benchmarks/teacher_consistency.py --suite libero_spatial --task-ids 0 1 --episodes 10
 
 The demonstrations (`collect_demonstrations`) record the expert's closed-loop actions, one fresh decision per step;
-an SFT'd chunked student learns the chunk `actions[t : t + chunk]`. As an OPD teacher the same expert scores a chunk
-with its open-loop plan from the state at `t` (`plan_actions`, a kinematic model of the controller). Where the two
-differ, OPD pulls the student away from what SFT taught it. This script runs the expert's own episodes (render-free,
+an SFT'd chunked student learns the chunk `actions[t : t + chunk]`. As an OPD teacher with `chunk_targets="plan"` the
+same expert scores a chunk with its open-loop plan from the state at `t` (`plan_actions`, a kinematic model of the
+controller). Where the two differ, OPD pulls the student away from what SFT taught it. (With the default
+`chunk_targets="closed_loop"` the teacher labels each executed action at the state it ran in: on the expert's own
+episodes those labels are the executed actions, distance 0 by construction.) This script runs the expert's own episodes (render-free,
 LIBERO's standard protocol) and prints, per position in the chunk, the mean bin distance between the plan and the
 executed action over the six arm dimensions, and the teacher's mean log-probability of the executed action's bin
 (over all seven dimensions), under two action ranges: LIBERO's controller range [-1, 1] (identity statistics) and the
@@ -30,7 +32,7 @@ from trl_vla import ActionSpace, compute_norm_stats
 from trl_vla.action_tokenizer import normalize_actions
 from trl_vla.envs.libero import placement_seed
 from trl_vla.teachers.libero_runtime import MAX_EPISODE_STEPS, make_state_env, run_expert_episode
-from trl_vla.teachers.scripted_libero import ScriptedLiberoExpert, expert_action
+from trl_vla.teachers.scripted_libero import ExpertQuery, ScriptedLiberoExpert, expert_action
 
 
 def record_episode(env, init_state, max_steps: int, seed: int) -> tuple[list[dict], np.ndarray]:
@@ -79,14 +81,17 @@ def main() -> None:
     for name, stats in ranges.items():
         distances, log_probs = [], []
         for task_id, states, actions in episodes:
-            teacher = ScriptedLiberoExpert(args.suite, task_id, action_space=space, norm_stats=stats, sigma=args.sigma)
+            teacher = ScriptedLiberoExpert(
+                args.suite, task_id, action_space=space, norm_stats=stats, sigma=args.sigma, chunk_targets="plan"
+            )
             for t in range(len(actions) - args.chunk_size + 1):
                 target = actions[t : t + args.chunk_size]  # the SFT target chunk
-                plan = teacher.target_actions([states[t]])[0]
+                query = [ExpertQuery(states[t])]
+                plan = teacher.target_actions(query)[0]
                 bins = [teacher.tokenizer.encode(normalize_actions(x, teacher.norm_stats)) for x in (plan, target)]
                 distances.append(np.abs(bins[0].astype(np.int64) - bins[1].astype(np.int64))[:, :6].mean(-1))
                 target_columns = teacher.tokenizer.token_ids_to_columns(torch.from_numpy(bins[1].reshape(-1)))
-                scores = teacher.action_logits([states[t]])[0].gather(-1, target_columns[:, None])[:, 0]
+                scores = teacher.action_logits(query)[0].gather(-1, target_columns[:, None])[:, 0]
                 log_probs.append(scores.numpy().reshape(args.chunk_size, 7).mean(-1))
         columns[name] = (np.mean(distances, 0), np.mean(log_probs, 0))
 

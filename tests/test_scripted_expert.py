@@ -19,6 +19,7 @@ from trl_vla.teachers.libero_runtime import (  # noqa: E402
     make_state_env,
     run_expert_episode,
 )
+from trl_vla.teachers.scripted_libero import closed_loop_actions, expert_action  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,9 @@ def test_action_space_matches_the_tiny_student_and_mismatches_raise():
 
 
 def test_chunked_plan_starts_with_the_closed_loop_action(spatial_state):
-    expert = ScriptedLiberoExpert("libero_spatial", action_space=ActionSpace(action_dim=7, chunk_size=4))
+    expert = ScriptedLiberoExpert(
+        "libero_spatial", action_space=ActionSpace(action_dim=7, chunk_size=4), chunk_targets="plan"
+    )
     plan = plan_actions(spatial_state, 4)
     assert plan.shape == (4, 7)
     np.testing.assert_allclose(plan[0], expert.action(spatial_state))
@@ -163,6 +166,45 @@ def test_chunked_plan_starts_with_the_closed_loop_action(spatial_state):
     assert np.all(np.sign(plan[:, :2]) == np.sign(plan[0, :2])[None])
     logits = expert.action_logits(expert.build_inputs([{"privileged_state": spatial_state}] * 2, ["x", "x"]), None)
     assert logits.shape == (2, 28, 256)
+
+
+def test_closed_loop_targets_label_each_executed_action_at_its_state(spatial_state):
+    expert = ScriptedLiberoExpert("libero_spatial", action_space=ActionSpace(action_dim=7, chunk_size=4))
+    assert expert.chunk_targets == "closed_loop" and expert.needs_step_states
+    # A chunk that ran two actions (then the episode ended): the states before each of them and the state after.
+    shifted = [
+        dict(spatial_state, eef_pos=spatial_state["eef_pos"] + offset) for offset in ([0.02, 0, 0], [0, 0.03, 0])
+    ]
+    chunk_states = [spatial_state, *shifted]
+    (query,) = expert.build_inputs([{"privileged_state": spatial_state, "chunk_privileged_states": chunk_states}])
+    targets = expert.target_actions([query])[0]
+    np.testing.assert_array_equal(targets[0], expert_action(spatial_state))
+    np.testing.assert_array_equal(targets[1], expert_action(shifted[0]))
+    np.testing.assert_array_equal(targets[2:], plan_actions(shifted[1], 2))  # never executed: the plan from there
+    assert not np.allclose(targets[1], plan_actions(spatial_state, 4)[1])  # not what the plan from t = 0 says
+    np.testing.assert_array_equal(closed_loop_actions(chunk_states, 4), targets)
+
+    # The logits are the Gaussian around these targets; the plan mode ignores the recorded states.
+    logits = expert.action_logits([query])
+    tokenizer = ActionTokenizer.from_action_space(expert.action_space)
+    columns = tokenizer.token_ids_to_columns(
+        torch.from_numpy(tokenizer.encode(normalize_actions(targets, expert.norm_stats)))
+    ).reshape(-1)
+    interior = (np.abs(targets) < 0.9).reshape(-1)
+    assert (logits[0].argmax(-1) == columns)[torch.from_numpy(interior)].all()
+    planner = ScriptedLiberoExpert("libero_spatial", action_space=expert.action_space, chunk_targets="plan")
+    assert not planner.needs_step_states
+    np.testing.assert_array_equal(planner.target_actions([query])[0], plan_actions(spatial_state, 4))
+
+    # Without recorded states closed-loop scoring cannot be done, but acting can (it plans).
+    bare = expert.build_inputs([{"privileged_state": spatial_state}])
+    with pytest.raises(ValueError, match="record_step_states=True"):
+        expert.action_logits(bare)
+    _, _, actions = expert.sample_actions(bare, temperature=0.0)
+    assert actions.shape == (1, 4, 7)
+    with pytest.raises(ValueError, match="chunk_targets"):
+        ScriptedLiberoExpert("libero_spatial", chunk_targets="open_loop")
+    assert not ScriptedLiberoExpert("libero_spatial").needs_step_states  # chunk 1: nothing to label in between
 
 
 def test_unsupported_tasks_are_refused(spatial_state):

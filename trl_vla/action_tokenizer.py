@@ -26,6 +26,7 @@ import torch
 __all__ = [
     "ActionSpace",
     "ActionTokenizer",
+    "action_bounds",
     "compute_norm_stats",
     "normalize_actions",
     "select_norm_stats",
@@ -299,7 +300,9 @@ def select_norm_stats(norm_stats: Mapping[str, Any] | None, unnorm_key: str | No
     return unnorm_key, stats
 
 
-def _bounds(stats: Mapping[str, Any], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def action_bounds(stats: Mapping[str, Any], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(q01, q99, mask)` `[dim]` each of BOUNDS_Q99 statistics (`{"action": {...}}` or the inner dict): the robot
+    values that normalise to -1 and 1, and which dimensions are normalised at all."""
     action = stats["action"] if "action" in stats else stats
     low, high = np.asarray(action["q01"], np.float64), np.asarray(action["q99"], np.float64)
     mask = np.asarray(action.get("mask", [True] * len(low)), bool)
@@ -311,7 +314,7 @@ def _bounds(stats: Mapping[str, Any], dim: int) -> tuple[np.ndarray, np.ndarray,
 def normalize_actions(actions: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     """Robot actions `[..., dim]` -> normalised actions in [-1, 1] (BOUNDS_Q99; masked-out dims pass through)."""
     actions = np.asarray(actions, np.float64)
-    low, high, mask = _bounds(stats, actions.shape[-1])
+    low, high, mask = action_bounds(stats, actions.shape[-1])
     scaled = np.clip(2.0 * (actions - low) / (high - low + 1e-8) - 1.0, -1.0, 1.0)
     scaled = np.where(high == low, 0.0, scaled)
     return np.where(mask, scaled, actions).astype(np.float32)
@@ -320,5 +323,5 @@ def normalize_actions(actions: np.ndarray, stats: Mapping[str, Any]) -> np.ndarr
 def unnormalize_actions(actions: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     """Normalised actions `[..., dim]` -> robot actions (the inverse of `normalize_actions` inside the bounds)."""
     actions = np.asarray(actions, np.float64)
-    low, high, mask = _bounds(stats, actions.shape[-1])
+    low, high, mask = action_bounds(stats, actions.shape[-1])
     return np.where(mask, 0.5 * (actions + 1.0) * (high - low) + low, actions).astype(np.float32)

@@ -22,15 +22,19 @@ from .scripted_libero import ScriptedLiberoExpert, plan_actions, supported_tasks
 __all__ = ["collect_demonstrations", "demonstration_features"]
 
 
-def demonstration_features(image_size: int = 128, proprio_dim: int = 8, plan_chunk_size: int | None = None) -> Any:
-    """The `datasets.Features` of `collect_demonstrations`' output (with `action_chunk` when `plan_chunk_size` is
-    given)."""
+def demonstration_features(
+    image_size: int = 128, proprio_dim: int = 8, plan_chunk_size: int | None = None, wrist_camera: bool = False
+) -> Any:
+    """The `datasets.Features` of `collect_demonstrations`' output (with `wrist_image` for `wrist_camera`, and
+    `action_chunk` when `plan_chunk_size` is given)."""
     import datasets
 
     plan = {} if plan_chunk_size is None else {"action_chunk": datasets.Array2D((plan_chunk_size, 7), "float32")}
+    wrist = {"wrist_image": datasets.Image()} if wrist_camera else {}
     return datasets.Features(
         {
             "image": datasets.Image(),
+            **wrist,
             "proprio": datasets.Sequence(datasets.Value("float32"), length=proprio_dim),
             "instruction": datasets.Value("string"),
             "action": datasets.Sequence(datasets.Value("float32"), length=7),
@@ -73,7 +77,8 @@ def collect_demonstrations(
         **env_kwargs: Passed on to `LiberoEnv`.
 
     Returns:
-        A `datasets.Dataset` with one row per frame: `image` (HxWx3 uint8, a `datasets.Image`), `proprio`,
+        A `datasets.Dataset` with one row per frame: `image` (HxWx3 uint8, a `datasets.Image`), `wrist_image` (with
+        `wrist_camera=True` in `env_kwargs`), `proprio`,
         `instruction`, `action` (the continuous 7-D action executed, in LIBERO's controller units),
         `episode_index`, `frame_index`, `task_id`, `init_state_id`, `success` (of the whole episode), and
         `action_chunk` with `plan_chunk_size`.
@@ -93,7 +98,10 @@ def collect_demonstrations(
     if plan_chunk_size is not None and plan_chunk_size < 1:
         raise ValueError(f"`plan_chunk_size` must be positive, got {plan_chunk_size}.")
 
-    columns: dict[str, list] = {name: [] for name in demonstration_features(plan_chunk_size=plan_chunk_size)}
+    wrist_camera = bool(env_kwargs.get("wrist_camera", False))
+    columns: dict[str, list] = {
+        name: [] for name in demonstration_features(plan_chunk_size=plan_chunk_size, wrist_camera=wrist_camera)
+    }
     proprio_dim = None
     episode_index = 0
     bar = tqdm(total=len(task_ids) * episodes_per_task, desc=f"{suite} demonstrations", disable=not progress)
@@ -108,9 +116,12 @@ def collect_demonstrations(
                 bar.set_postfix(task=task_id, success=success)
                 if not (success or keep_failures):
                     continue
-                for frame_index, (image, proprio, action, plan) in enumerate(frames):
+                for frame_index, (observation, action, plan) in enumerate(frames):
+                    proprio = observation["proprio"]
                     proprio_dim = len(proprio)
-                    columns["image"].append(image)
+                    columns["image"].append(observation["image"])
+                    if wrist_camera:
+                        columns["wrist_image"].append(observation["wrist_image"])
                     columns["proprio"].append(proprio)
                     columns["instruction"].append(env.instruction)
                     columns["action"].append(action)
@@ -125,24 +136,25 @@ def collect_demonstrations(
         finally:
             env.close()
     bar.close()
-    features = demonstration_features(image_size, proprio_dim if proprio_dim is not None else 8, plan_chunk_size)
+    features = demonstration_features(
+        image_size, proprio_dim if proprio_dim is not None else 8, plan_chunk_size, wrist_camera
+    )
     return datasets.Dataset.from_dict(columns, features=features)
 
 
 def _record_episode(
     env: Any, expert: ScriptedLiberoExpert, init_state_id: int, plan_chunk_size: int | None = None
 ) -> tuple[list[tuple], bool]:
-    """One episode of the standard protocol: `[(image, proprio, action, plan or None), ...]` and whether it
-    succeeded."""
+    """One episode of the standard protocol: `[(observation, action, plan or None), ...]` (the observation's uint8
+    images and float32 proprioception) and whether it succeeded."""
     observation, info = env.reset(options={"init_state_id": init_state_id})
     frames = []
     for _ in range(env.max_episode_steps):
         state = info["privileged_state"]
         action = expert.action(state)
         plan = None if plan_chunk_size is None else plan_actions(state, plan_chunk_size)
-        frames.append(
-            (np.asarray(observation["image"], np.uint8), np.asarray(observation["proprio"], np.float32), action, plan)
-        )
+        recorded = {k: np.asarray(v, np.float32 if k == "proprio" else np.uint8) for k, v in observation.items()}
+        frames.append((recorded, action, plan))
         observation, _, terminated, truncated, info = env.step(action)
         if info.get("success", False):
             return frames, True

@@ -17,17 +17,31 @@ axis-angle rotation deltas in the world frame in `[-1, 1]` (x 0.5 rad), gripper 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from ..action_tokenizer import ActionSpace, ActionTokenizer, normalize_actions, select_norm_stats, unnormalize_actions
+from ..action_tokenizer import (
+    ActionSpace,
+    ActionTokenizer,
+    action_bounds,
+    normalize_actions,
+    select_norm_stats,
+    unnormalize_actions,
+)
 from ..envs.libero_state import LIBERO_SUITES, OBSTACLE_PICK
 from ..policy import sample_from_logits
 
 
-__all__ = ["ScriptedLiberoExpert", "expert_action", "plan_actions", "supported_tasks"]
+__all__ = [
+    "ExpertQuery",
+    "ScriptedLiberoExpert",
+    "closed_loop_actions",
+    "expert_action",
+    "plan_actions",
+    "supported_tasks",
+]
 
 SUPPORTED_TASKS: dict[str, tuple[int, ...]] = {
     "libero_object": tuple(range(10)),
@@ -56,6 +70,10 @@ FUNNEL_SLOPE = 3.0  # allowed height above a goal per metre of horizontal error
 XY_TOL = 0.008
 CLEARANCE = 0.04  # vertical margin over obstacles while flying
 PRE_GRASP = 0.08
+NEAR_GRASP = 0.05  # horizontal distance to the grasp within which the hand holds its height instead of climbing
+GRASP_CENTRED = 0.02  # horizontal error below which the open fingers clear the object on the way down
+GRASP_XY_TOL = 0.012  # the hand closes when this close to the grasp site horizontally ...
+GRASP_Z_TOL = 0.012  # ... and vertically
 MAX_LIFT = 0.3  # never carry an object more than this above its goal height
 RIM_CANDIDATES = 24
 
@@ -298,16 +316,23 @@ def expert_action(state: Mapping[str, np.ndarray]) -> np.ndarray:
     fly = max(_corridor_top(obstacles, eef[:2], site[:2], HAND_BOX[1]) + FINGERTIP_BELOW + CLEARANCE, 0.0)
     fly = max(fly, site[2] + PRE_GRASP, pick_box[5] + FINGERTIP_BELOW + 0.02)
     needed_open = min(FINGER_OPEN_WIDTH - 0.004, width + 0.03)
-    at_grasp = xy_error < 0.012 and abs(eef[2] - site[2]) < 0.012
+    at_grasp = xy_error < GRASP_XY_TOL and abs(eef[2] - site[2]) < GRASP_Z_TOL
+    near = xy_error < NEAR_GRASP
     if at_grasp:
         z = site[2]
     elif opening >= needed_open and yaw_error < 0.2:
         z = _fly_height(xy_error, site[2], fly)
+        if near and eef[2] < z:
+            # Below the funnel but near the object: hold the height (above the object's top while the fingers are
+            # off-centre) and centre first, instead of climbing back up the funnel. The label then changes smoothly
+            # with the hand's position, which a student that sees the scene only roughly can learn.
+            floor = site[2] if xy_error < GRASP_CENTRED else pick_box[5] + FINGERTIP_BELOW + 0.01
+            z = max(eef[2], floor)
     else:
         # Do not descend onto the object before the fingers are open and turned.
-        z = max(eef[2] if xy_error < 0.02 else fly, site[2] + 0.03)
+        z = max(eef[2] if near else fly, site[2] + 0.03)
     action = _move(eef, np.array([site[0], site[1], z]), rot, target_rot)
-    if eef[2] < fly - 0.02 and xy_error > 0.03:
+    if eef[2] < fly - 0.02 and not near:
         action[:2] *= np.clip(1.0 - (fly - eef[2]) / 0.08, 0.0, 1.0)
     touching = float(np.asarray(state["pick_contacts"]).sum()) > 0
     # Physics gives the hysteresis a memoryless controller lacks: once the fingers closed on nothing and started to
@@ -366,9 +391,34 @@ def plan_actions(state: Mapping[str, np.ndarray], horizon: int) -> np.ndarray:
     return np.stack(actions).astype(np.float32)
 
 
+def closed_loop_actions(chunk_states: Sequence[Mapping[str, np.ndarray]], horizon: int) -> np.ndarray:
+    """The expert's labels `[horizon, 7]` for a chunk that was executed from `chunk_states[0]`.
+
+    `chunk_states[k]` is the state the chunk's action `k` was executed in and `chunk_states[-1]` the state after its
+    last executed action (`len(chunk_states) - 1` actions ran). Position `k` of an executed action gets
+    `expert_action(chunk_states[k])`; positions the episode did not execute continue with the plan
+    (`plan_actions`) from the last state reached.
+    """
+    executed = min(len(chunk_states) - 1, horizon)
+    actions = [expert_action(state) for state in chunk_states[:executed]]
+    if executed < horizon:
+        actions.extend(plan_actions(chunk_states[executed], horizon - executed))
+    return np.stack(actions).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The teacher / policy
 # ------------------------------------------------------------------------------------------------------------------
+
+CHUNK_TARGETS = ("closed_loop", "plan")
+
+
+class ExpertQuery(NamedTuple):
+    """One decision as the scripted expert scores it: the state it was taken in, and the states its executed chunk
+    went through (`None` when the rollout did not record them)."""
+
+    state: Mapping[str, np.ndarray]
+    chunk_states: Sequence[Mapping[str, np.ndarray]] | None = None
 
 
 def _identity_stats(action_dim: int) -> dict[str, Any]:
@@ -398,12 +448,31 @@ class ScriptedLiberoExpert:
             `{unnorm_key: {"action": ...}}` (then `action_space.unnorm_key` picks one). Defaults to identity bounds
             (`q01 = -1`, `q99 = 1`, gripper not normalised): LIBERO's controller units are already in [-1, 1].
         sigma (`float`, *optional*, defaults to `0.05`):
-            Standard deviation of the Gaussian in normalised units (the bin width is 2/255, about 0.0078).
+            Standard deviation of the Gaussian over the six arm dimensions, in the robot's (controller) units, so that
+            the teacher's tolerance means the same motion whatever the student's statistics; in the student's
+            normalised space it is `sigma * 2 / (q99 - q01)` per dimension (with identity statistics the bin width is
+            2/255, about 0.0078). A dimension whose statistics span a narrow range (rotations in a few
+            demonstrations) thus gets a correspondingly wider distribution over its bins, instead of a teacher that
+            demands a precision of a thousandth of a radian.
         gripper_sigma (`float`, *optional*, defaults to `0.02`):
             Standard deviation for the gripper dimension (a sharper, near one-hot distribution).
         min_prob (`float`, *optional*, defaults to `1e-6`):
             Probability floor mixed in uniformly, so that no bin has zero mass (a reverse KL against a teacher with
             empty bins would be infinite).
+        chunk_targets (`str`, *optional*, defaults to `"closed_loop"`):
+            What the teacher scores chunk position `k` of a student's decision against (students with
+            `chunk_size > 1`):
+
+            - `"closed_loop"`: its own action at the state the student's executed chunk actually reached at step
+              `t + k` (the observation's `chunk_privileged_states`, recorded by environments built with
+              `record_step_states=True`; `needs_step_states` tells a trainer to build them so). Positions the
+              episode never executed (success or the step cap inside the chunk) fall back to the plan from the
+              last state reached. These are the labels DAgger would give, and the targets SFT on executed
+              demonstrations learns.
+            - `"plan"`: its open-loop plan from the decision's state (`plan_actions`), the analogue of a VLA teacher
+              that predicts a chunk from one observation; positions 1.. come from a kinematic model of the arm.
+
+            When the expert *acts* (`sample_actions`), it always plans: the states a chunk will reach are unknown.
     """
 
     def __init__(
@@ -415,6 +484,7 @@ class ScriptedLiberoExpert:
         sigma: float = 0.05,
         gripper_sigma: float = 0.02,
         min_prob: float = 1e-6,
+        chunk_targets: str = "closed_loop",
     ):
         if suite not in SUPPORTED_TASKS:
             raise ValueError(
@@ -430,6 +500,8 @@ class ScriptedLiberoExpert:
             raise ValueError(f"`sigma` and `gripper_sigma` must be positive, got {sigma} and {gripper_sigma}.")
         if not 0 <= min_prob < 1:
             raise ValueError(f"`min_prob` must be in [0, 1), got {min_prob}.")
+        if chunk_targets not in CHUNK_TARGETS:
+            raise ValueError(f"`chunk_targets` must be one of {list(CHUNK_TARGETS)}, got {chunk_targets!r}.")
         action_space = action_space if action_space is not None else ActionSpace(action_dim=7, chunk_size=1)
         if action_space.action_dim != 7:
             raise ValueError(
@@ -450,11 +522,17 @@ class ScriptedLiberoExpert:
         self.sigma = float(sigma)
         self.gripper_sigma = float(gripper_sigma)
         self.min_prob = float(min_prob)
+        self.chunk_targets = chunk_targets
 
     @property
     def action_space(self) -> ActionSpace:
         """The student's action space the expert's distributions live in."""
         return self._action_space
+
+    @property
+    def needs_step_states(self) -> bool:
+        """Whether scoring needs the states inside each executed chunk (`LiberoEnv(record_step_states=True)`)."""
+        return self.chunk_targets == "closed_loop" and self._action_space.chunk_size > 1
 
     def check_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Raise a `ValueError` if the state is not from a task this expert supports."""
@@ -488,9 +566,10 @@ class ScriptedLiberoExpert:
 
     def build_inputs(
         self, observations: Sequence[Mapping[str, Any]], instructions: Sequence[str] | None = None
-    ) -> list[Mapping[str, np.ndarray]]:
-        """The privileged states of a batch of observations (instructions are not needed: the state names the task)."""
-        states = []
+    ) -> list[ExpertQuery]:
+        """The privileged states of a batch of observations, with the states inside their executed chunks when the
+        rollout recorded them (instructions are not needed: the state names the task)."""
+        queries = []
         for i, observation in enumerate(observations):
             if "privileged_state" not in observation:
                 raise ValueError(
@@ -498,29 +577,52 @@ class ScriptedLiberoExpert:
                     "needs LiberoEnv's privileged simulator state."
                 )
             self.check_state(observation["privileged_state"])
-            states.append(observation["privileged_state"])
-        return states
+            queries.append(ExpertQuery(observation["privileged_state"], observation.get("chunk_privileged_states")))
+        return queries
 
-    def target_actions(self, inputs: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
-        """The expert's planned actions for a batch, `[B, chunk_size, 7]`, in robot units."""
-        return np.stack([plan_actions(state, self._action_space.chunk_size) for state in inputs])
+    def target_actions(self, inputs: Sequence[ExpertQuery], closed_loop: bool | None = None) -> np.ndarray:
+        """The expert's target chunk for each decision of a batch, `[B, chunk_size, 7]`, in robot units: closed-loop
+        labels along the executed chunk or the open-loop plan (`chunk_targets`; `closed_loop` overrides it)."""
+        closed_loop = self.chunk_targets == "closed_loop" if closed_loop is None else closed_loop
+        horizon = self._action_space.chunk_size
+        if not closed_loop or horizon == 1:
+            return np.stack([plan_actions(query.state, horizon) for query in inputs])
+        missing = [i for i, query in enumerate(inputs) if query.chunk_states is None]
+        if missing:
+            raise ValueError(
+                f"Decisions {missing[:5]} carry no `chunk_privileged_states`: closed-loop chunk targets label each "
+                "action at the state it was executed in, which only environments built with "
+                "`record_step_states=True` record (the OPD trainer builds them so when `needs_step_states`). Pass "
+                "such an environment pool, or build the expert with `chunk_targets='plan'`."
+            )
+        return np.stack([closed_loop_actions(query.chunk_states, horizon) for query in inputs])
 
-    def action_logits(self, inputs: Sequence[Mapping[str, np.ndarray]], action_token_ids: Any = None) -> torch.Tensor:
+    def action_logits(self, inputs: Sequence[ExpertQuery], action_token_ids: Any = None) -> torch.Tensor:
         """Log-probabilities `[B, A, n_bins]` (used as logits) of the student's action tokens under the expert.
 
-        Per token, the mass of a Gaussian around the expert's normalised action over the values that tokenize to
-        each column (values beyond [-1, 1] clip to the end bins, as the tokenizer clips them), mixed with a uniform
-        floor of `min_prob`. `action_token_ids` is ignored: the expert's tokens are independent given the state.
+        Per token, the mass of a Gaussian around the expert's normalised target action (`target_actions`) over the
+        values that tokenize to each column (values beyond [-1, 1] clip to the end bins, as the tokenizer clips them),
+        mixed with a uniform floor of `min_prob`. `action_token_ids` is ignored: the expert's tokens are independent
+        given the states.
         """
-        mean = normalize_actions(self.target_actions(inputs), self.norm_stats).astype(np.float64)  # [B, T, D]
-        mean = mean.reshape(mean.shape[0], -1)  # [B, A], chunk-major like the tokens
-        sigma = np.tile([self.sigma] * 6 + [self.gripper_sigma], self._action_space.chunk_size)  # [A]
+        return self._logits(self.target_actions(inputs))
+
+    def _logits(self, target_actions: np.ndarray) -> torch.Tensor:
+        mean = normalize_actions(target_actions, self.norm_stats).astype(np.float64)  # [B, T, D]
+        mean = mean.reshape(len(mean), -1)  # [B, A], chunk-major like the tokens
+        sigma = np.tile(self._normalised_sigma(), self._action_space.chunk_size)  # [A]
         low, high = self._column_intervals()  # [n_bins] each
         mass = _normal_cdf((high - mean[..., None]) / sigma[:, None]) - _normal_cdf(
             (low - mean[..., None]) / sigma[:, None]
         )  # [B, A, n_bins]
         mass = (1.0 - self.min_prob) * mass / mass.sum(-1, keepdims=True) + self.min_prob / mass.shape[-1]
         return torch.from_numpy(np.log(mass)).float()
+
+    def _normalised_sigma(self) -> np.ndarray:
+        """`[7]` the Gaussian's standard deviation per dimension in the student's normalised space."""
+        low, high, mask = action_bounds(self.norm_stats, 7)
+        robot = np.array([self.sigma] * 6 + [self.gripper_sigma])
+        return np.where(mask, robot * 2.0 / np.maximum(high - low, 1e-8), robot)
 
     def _column_intervals(self) -> tuple[np.ndarray, np.ndarray]:
         """For each column, the interval of normalised values the tokenizer maps to it (clipping included)."""
@@ -543,8 +645,8 @@ class ScriptedLiberoExpert:
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Sample token ids `[B, A]`, their log-probs `[B, A]` and robot actions `[B, chunk_size, 7]` from the
-        expert's distribution (`temperature=0`: the mode, the bin of the expert's own action)."""
-        logits = self.action_logits(inputs)
+        expert's distribution around its plan (`temperature=0`: the mode, the bin of the expert's own action)."""
+        logits = self._logits(self.target_actions(inputs, closed_loop=False))
         columns, log_probs = sample_from_logits(logits, temperature, generator)
         token_ids = self.tokenizer.columns_to_token_ids(columns)
         normalised = self.tokenizer.decode(token_ids.numpy()).reshape(len(inputs), self._action_space.chunk_size, 7)
@@ -552,7 +654,10 @@ class ScriptedLiberoExpert:
 
     def __repr__(self) -> str:
         task = "all supported tasks" if self.task_id is None else f"task {self.task_id}"
-        return f"ScriptedLiberoExpert({self.suite}, {task}, sigma={self.sigma}, chunk_size={self._action_space.chunk_size})"
+        return (
+            f"ScriptedLiberoExpert({self.suite}, {task}, sigma={self.sigma}, chunk_size={self._action_space.chunk_size}, "
+            f"chunk_targets={self.chunk_targets!r})"
+        )
 
 
 def _normal_cdf(x: np.ndarray) -> np.ndarray:
