@@ -1,6 +1,7 @@
 """VLAOPDTrainer on the real LIBERO simulator with a tiny OpenVLA student and the scripted expert as teacher."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from trl_vla import ActionTokenizer, VLAOPDConfig, VLAOPDTrainer
 from trl_vla.envs.libero import make_prompts
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
 from trl_vla.teachers import ScriptedLiberoExpert
+from trl_vla.trainer.learning_curve import learning_curve_series
 
 
 SUITE = "libero_object"
@@ -95,6 +97,12 @@ def test_missing_teacher_and_bad_config(student_path, tmp_path):
         VLAOPDConfig(output_dir=str(tmp_path), loss_type="kl", use_cpu=True)
     with pytest.raises(ValueError, match="clip_epsilon"):
         VLAOPDConfig(output_dir=str(tmp_path), clip_epsilon=0.2, use_cpu=True)
+    with pytest.raises(ValueError, match="rollout_temperature"):
+        VLAOPDConfig(output_dir=str(tmp_path), rollout_temperature=-0.1, use_cpu=True)
+    with pytest.raises(ValueError, match="biases the sampled estimator"):
+        VLAOPDConfig(output_dir=str(tmp_path), loss_type="sampled_reverse_kl", replay_rounds=2, use_cpu=True)
+    with pytest.raises(ValueError, match="num_minibatches"):
+        VLAOPDConfig(output_dir=str(tmp_path), num_minibatches=0, use_cpu=True)
     with pytest.raises(ValueError, match="Unknown LIBERO suite .libero_nope.; choose one of"):
         make_prompts("libero_nope")
 
@@ -132,6 +140,8 @@ def test_train_changes_parameters_logs_metrics_and_writes_card(student_path, tmp
     card = (tmp_path / "out" / "README.md").read_text()
     assert "VLA-OPD" in card and "model-index" in card and "2603.26666" in card
     assert "ScriptedLiberoExpert" in card and "the student minimised `reverse_kl` per action token" in card
+    # The one evaluation so far is the card's "before" row, with its Wilson interval and counts.
+    assert re.search(r"\| before training \| \d+\.\d% \[\d+\.\d, \d+\.\d\] \([01]/1\) \|", card), card
     reloaded = OpenVLAForActionPrediction.from_pretrained(str(tmp_path / "out"))
     for name, param in reloaded.named_parameters():
         torch.testing.assert_close(param, trainer.model.state_dict()[name])
@@ -144,7 +154,7 @@ def test_every_loss_type_on_one_round(student_path, tmp_path):
 
     trainer = _trainer(student_path, tmp_path, num_iterations=2)
     trainer.model.train()
-    buffer = trainer._generate_and_score_completions(list(trainer.train_dataset))
+    (buffer,) = trainer._split_round(trainer._generate_and_score_completions(list(trainer.train_dataset)))
     assert buffer["teacher_logits"].shape == (len(buffer["observations"]), 56, 256)
     assert buffer["num_items_in_batch"].item() == 56 * len(buffer["observations"])
     values = {}
@@ -162,15 +172,80 @@ def test_every_loss_type_on_one_round(student_path, tmp_path):
 
 
 @pytest.mark.slow
+def test_replay_minibatches_and_closed_loop_scoring(student_path, tmp_path):
+    """Rounds aggregate the last `replay_rounds` rounds' scored steps; a round's buffer splits into minibatches whose
+    token counts normalise each optimizer step; the scripted teacher labels the executed chunk closed-loop."""
+    trainer = _trainer(student_path, tmp_path, replay_rounds=1, num_minibatches=2, gradient_accumulation_steps=2)
+    assert trainer._env_kwargs()["record_step_states"] and trainer._steps_per_round == 4
+    trainer.model.train()
+    prompts = list(trainer.train_dataset)
+    first = trainer._generate_and_score_completions(prompts)
+    second = trainer._generate_and_score_completions(prompts)
+    third = trainer._generate_and_score_completions(prompts)
+    n1, n2 = len(first["observations"]), len(second["observations"])
+    assert n2 == 2 * n1 and len(third["observations"]) == n2  # the current round and the one before it
+    torch.testing.assert_close(second["teacher_logits"][:n1], first["teacher_logits"])
+    assert not any(k in obs for obs in second["observations"] for k in ("privileged_state", "chunk_privileged_states"))
+    assert trainer._metrics["train"]["replay_fraction"] == [0.0, 0.5, 0.5]
+
+    micro_batches = trainer._split_round(second)
+    assert len(micro_batches) == 4 and sum(len(b["action_mask"]) for b in micro_batches) == n2
+    for index, batch in enumerate(micro_batches):
+        pair = micro_batches[2 * (index // 2) : 2 * (index // 2) + 2]
+        assert batch["num_items_in_batch"].item() == sum(b["action_mask"].sum().item() for b in pair)
+    with pytest.raises(ValueError, match="fewer than its 4"):
+        trainer._split_round({k: v[:3] for k, v in second.items()})
+
+    # The targets are the expert's own actions at the states the chunks went through, not its plans.
+    rollout = trainer._rollout(prompts[:1], 1.0, 1)
+    observations = rollout.steps()["observations"]
+    teacher = trainer.teacher_policy
+    closed = teacher.action_logits(teacher.build_inputs(observations))
+    planned = ScriptedLiberoExpert(SUITE, action_space=teacher.action_space, chunk_targets="plan")
+    plans = planned.action_logits(planned.build_inputs(observations))
+    assert torch.equal(closed[:, :7], plans[:, :7]) and not torch.equal(closed, plans)
+
+
+@pytest.mark.slow
 def test_resume_ends_where_an_uninterrupted_run_ends(student_path, tmp_path):
-    full = _trainer(student_path, tmp_path / "full", max_steps=2)
-    full.train()
+    """Weights and reports: a run resumed from a checkpoint logs the same cumulative env steps, keeps the evaluation
+    history (the learning curve's points, the card's before/after rows) and writes the same card rows."""
+
+    def run(trainer, **train_kwargs):
+        trainer.evaluate()  # "before", as examples/opd_libero.py does
+        trainer.train(**train_kwargs)
+        trainer.evaluate()
+        trainer.create_model_card(model_name="tiny")
+        return trainer
+
+    full = run(_trainer(student_path, tmp_path / "full", max_steps=2))
     first = _trainer(student_path, tmp_path / "resumed", max_steps=2, save_strategy="steps", save_steps=1)
+    first.evaluate()
     first.train()  # writes checkpoint-1 and checkpoint-2; resume from the first one
     resumed = _trainer(student_path, tmp_path / "resumed", max_steps=2, save_strategy="no")
-    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "out" / "checkpoint-1"))
+    run(resumed, resume_from_checkpoint=str(tmp_path / "resumed" / "out" / "checkpoint-1"))
     for (name, p_full), p_resumed in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(p_full, p_resumed, msg=name)
+
+    def env_step_series(trainer):
+        return [(e["step"], e["env_steps"]) for e in trainer.state.log_history if "env_steps" in e]
+
+    assert env_step_series(resumed) == env_step_series(full) and resumed.env_steps == full.env_steps > 0
+    keys = ("step", "env_steps", "eval_success_rate", "eval_episodes")
+    assert [[e[k] for k in keys] for e in resumed.eval_history] == [[e[k] for k in keys] for e in full.eval_history]
+    assert len(full.eval_history) == 2
+    curves = [learning_curve_series(t.state.log_history, eval_history=t.eval_history) for t in (full, resumed)]
+    assert curves[0].keys() == curves[1].keys() and "eval_success_rate" in curves[0]
+    for key, points in curves[0].items():
+        assert [x for x, _ in curves[1][key]] == [x for x, _ in points], key
+        assert [v for _, v in curves[1][key]] == pytest.approx([v for _, v in points], rel=1e-4), key
+
+    def card_rows(path):
+        text = (path / "out" / "README.md").read_text()
+        return [line for line in text.splitlines() if line.startswith(("| Environment steps", "| before", "| after"))]
+
+    assert card_rows(tmp_path / "resumed") == card_rows(tmp_path / "full")
+    assert f"| Environment steps | {full.env_steps} |" in card_rows(tmp_path / "full")
 
 
 @pytest.mark.slow

@@ -18,21 +18,21 @@ class VLAGRPOConfig(RolloutArguments, GRPOConfig):
     It extends [`trl.GRPOConfig`], replacing text generation by simulator rollouts: each *generation round* runs
     `num_generations` episodes (the group) for each of `prompts_per_step` prompts (task, init state), every episode
     scores 1 if the task succeeded and 0 otherwise, and each episode's group-relative advantage is given to every
-    action token it executed. The student is then updated on the buffered steps, split into
-    `gradient_accumulation_steps` micro-batches, for `num_iterations` optimizer steps, with the PPO-style clipped
-    ratio against the log-probabilities recorded at sampling time, no critic and no reference model.
+    action token it executed. The student is then updated on the buffered steps (`num_iterations` passes of
+    `num_minibatches` optimizer steps, each minibatch split into `gradient_accumulation_steps` micro-batches), with the
+    PPO-style clipped ratio against the log-probabilities recorded at sampling time, no critic and no reference model.
 
     Of [`trl.GRPOConfig`]'s own fields these apply: `temperature` (sampling and loss), `epsilon`, `epsilon_high`,
     `scale_rewards`, `num_generations`, `num_iterations`, `shuffle_dataset`, `model_init_kwargs`,
     `ds3_gather_for_generation`. Text-generation fields (`max_completion_length`, vLLM, `generation_batch_size`,
     `steps_per_generation`, `per_device_train_batch_size`, reward functions, ...) have no effect; the round's size is
     `prompts_per_step * num_generations` episodes. `beta` must stay `0.0` (no KL penalty, no reference model, as
-    SimpleVLA-RL) and `loss_type` `"dapo"` (the loss summed over action tokens and divided by the round's global count
-    of valid action tokens, as `VLAOPDTrainer`'s).
+    SimpleVLA-RL) and `loss_type` `"dapo"` (the loss summed over action tokens and divided by the optimizer step's
+    global count of valid action tokens, as `VLAOPDTrainer`'s).
 
     > Parameters that control the rollouts: see [`VLAOPDConfig`] (`prompts_per_step`, `num_generations`,
-    > `num_iterations`, `num_envs`, `image_size`, `cheap_rendering`, `max_episode_steps`, `open_loop_steps`,
-    > `rollout_timeout`, `num_videos`).
+    > `num_iterations`, `num_minibatches`, `num_envs`, `image_size`, `cheap_rendering`, `max_episode_steps`,
+    > `open_loop_steps`, `rollout_timeout`, `num_videos`).
 
     > Parameters that control the loss
 

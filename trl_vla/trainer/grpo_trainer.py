@@ -1,16 +1,16 @@
 """`VLAGRPOTrainer`: GRPO of a VLA in a simulator with the sparse 0/1 success reward, as a `trl.GRPOTrainer`.
 
-One generation round (every `gradient_accumulation_steps * num_iterations` training steps):
+One generation round (every `gradient_accumulation_steps * num_minibatches * num_iterations` training steps):
 
     prompts (this rank's share)  x num_generations (one group per prompt, all on this rank)
       -> collect_rollouts(student, envs)          student samples at `temperature`, log-probs recorded
       -> reward per episode: 1 if the task succeeded, else 0
       -> group-relative advantage per episode     given to every action token the episode executed
-      -> buffer of decision steps                  shuffled, split into gradient_accumulation_steps micro-batches
+      -> buffer of decision steps                  shuffled, split into num_minibatches minibatches
 
 Each training step recomputes the student's log-probabilities of the sampled tokens and applies the PPO-style clipped
-objective with the asymmetric clip of SimpleVLA-RL / DAPO, summed over valid action tokens and divided by the round's
-global count of valid action tokens (as `VLAOPDTrainer`). No critic, no reference model.
+objective with the asymmetric clip of SimpleVLA-RL / DAPO, summed over valid action tokens and divided by its
+minibatch's global count of valid action tokens (as `VLAOPDTrainer`). No critic, no reference model.
 
 Maintenance note: `GRPOTrainer.__init__` is built for text generation (tokenizer, reward functions, vLLM, reference
 model), so this trainer calls `_BaseTrainer.__init__` directly (through `RolloutTrainerMixin`, as `VLAOPDTrainer`)
@@ -256,7 +256,7 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
             action_mask = valid_mask * keep.unsqueeze(1).float()
             # Drop the filtered steps when enough remain for every micro-batch to be non-empty (a forward on an empty
             # batch is not possible; the masked steps then only cost compute).
-            if int(keep.sum()) >= self.args.gradient_accumulation_steps:
+            if int(keep.sum()) >= self._micro_batches_per_pass:
                 index = keep.nonzero().flatten()
                 steps = {k: _select(v, index) for k, v in steps.items()}
                 action_mask, valid_mask, step_advantages = (
@@ -264,7 +264,7 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
                     valid_mask[index],
                     step_advantages[index],
                 )
-        num_items = self.accelerator.gather(action_mask.sum().to(self.accelerator.device)).sum()
+        num_items = self.accelerator.gather(action_mask.sum().to(self.accelerator.device)).sum()  # for the metric
 
         self._log_rollout_metrics(rollout, rollout_time, mode)
         metrics = self._metrics[mode]
@@ -286,7 +286,6 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
             "advantages": step_advantages,
             "action_mask": action_mask,
             "valid_mask": valid_mask,
-            "num_items_in_batch": num_items,
         }
 
     # ------------------------------------------------------------------------------------------------------------

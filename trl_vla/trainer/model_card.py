@@ -12,6 +12,7 @@ import trl
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..evaluation import format_success
 from .learning_curve import plot_learning_curve
 
 
@@ -24,8 +25,14 @@ CARD_CONFIG_FIELDS = (
 )  # fmt: skip
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+def _fmt(entry: dict[str, float] | None) -> str:
+    """An evaluation's success rate with its 95% Wilson interval and counts, e.g. `37.5% [18.5, 61.4] (6/16)`."""
+    if entry is None:
+        return "n/a"
+    episodes = int(entry.get("eval_episodes", 0))
+    if episodes == 0:
+        return f"{100 * entry['eval_success_rate']:.1f}%"
+    return format_success(round(entry["eval_success_rate"] * episodes), episodes)
 
 
 def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> str:
@@ -47,8 +54,10 @@ def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: 
     task_ids = sorted(set(prompts["task_id"])) if prompts is not None else []
 
     history = [e for e in trainer.eval_history if "eval_success_rate" in e]
-    before = history[0]["eval_success_rate"] if history else None
-    after = history[-1]["eval_success_rate"] if len(history) > 1 else None
+    before_entry = history[0] if history else None
+    after_entry = history[-1] if len(history) > 1 else None
+    before = before_entry["eval_success_rate"] if before_entry else None
+    after = after_entry["eval_success_rate"] if after_entry else None
     curve = (
         "learning_curve.png"
         if plot_learning_curve(
@@ -105,11 +114,11 @@ def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: 
         teacher=teacher_name,
         suite=suite,
         task_ids=", ".join(map(str, task_ids)) or "n/a",
-        env_steps=getattr(trainer, "_total_env_steps", 0),
+        env_steps=getattr(trainer, "env_steps", 0),
         global_step=trainer.state.global_step,
         eval_episodes=int(history[-1].get("eval_episodes", 0)) if history else 0,
-        success_before=_fmt(before),
-        success_after=_fmt(after),
+        success_before=_fmt(before_entry),
+        success_after=_fmt(after_entry),
         learning_curve=curve,
         training_config=yaml.safe_dump(training_config, sort_keys=False).strip(),
         trl_vla_version=__version__,

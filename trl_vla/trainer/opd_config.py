@@ -15,8 +15,10 @@ class VLAOPDConfig(RolloutArguments, DistillationConfig):
     It extends [`trl.DistillationConfig`] (so `beta=1.0` still means reverse KL where `loss_type="generalized_jsd"`),
     replacing text generation by simulator rollouts: each *generation round* runs `num_generations` episodes for each of
     `prompts_per_step` prompts (split over processes), the teacher scores every decision step of the round in batched
-    forwards, and the student is updated on the buffered steps, split into `gradient_accumulation_steps` micro-batches,
-    for `num_iterations` optimizer steps. `temperature` is used both for sampling and in the loss.
+    forwards (together with the steps of the last `replay_rounds` rounds, if any), and the student is updated on the
+    buffered steps: `num_iterations` passes over the shuffled buffer, each pass `num_minibatches` optimizer steps on
+    disjoint minibatches, each minibatch split into `gradient_accumulation_steps` micro-batches. `temperature` is used
+    in the loss, and for sampling unless `rollout_temperature` is set.
 
     > Parameters that control the rollouts (shared with the other rollout trainers)
 
@@ -25,7 +27,10 @@ class VLAOPDConfig(RolloutArguments, DistillationConfig):
     num_generations (`int`, *optional*, defaults to `8`):
         Episodes per prompt in a generation round (the paper's G).
     num_iterations (`int`, *optional*, defaults to `1`):
-        Optimizer steps per generation round (each a pass over the round's steps).
+        Passes over a generation round's buffer.
+    num_minibatches (`int`, *optional*, defaults to `1`):
+        Optimizer steps per pass: the shuffled buffer is split into this many minibatches, each step's loss the mean
+        over its own minibatch's valid tokens. A round thus makes `num_iterations * num_minibatches` optimizer steps.
     num_envs (`int`, *optional*, defaults to `2`):
         Simulator worker processes per process (rank); `0` steps the simulator in-process.
     image_size (`int`, *optional*, defaults to `128`):
@@ -48,10 +53,21 @@ class VLAOPDConfig(RolloutArguments, DistillationConfig):
         paper's REINFORCE estimator on the sampled tokens: this is what reproduces the paper), `"forward_kl"`,
         `"generalized_jsd"` (uses `beta`) and `"hard_ce"` (cross-entropy on the teacher's argmax: DAgger).
     clip_epsilon (`float`, *optional*):
-        PPO-style ratio clipping for `"sampled_reverse_kl"` when `num_iterations > 1` (samples go stale). The paper
-        uses none.
+        PPO-style ratio clipping for `"sampled_reverse_kl"` when a round makes several optimizer steps (samples go
+        stale). The paper uses none.
     teacher_batch_size (`int`, *optional*, defaults to `64`):
         Decision steps per batched teacher forward when scoring a round.
+    rollout_temperature (`float`, *optional*):
+        Sampling temperature of the training rollouts (`0`: greedy), when it should differ from `temperature`, which
+        the loss always uses (and the rollouts too when this is unset).
+    replay_rounds (`int`, *optional*, defaults to `0`):
+        Also train on the teacher-scored decision steps of this many previous generation rounds (DAgger-style
+        aggregation of the states the student visited). `0` is the paper's pure on-policy distillation. Needs a loss
+        that does not depend on how the replayed tokens were sampled (not `"sampled_reverse_kl"`).
+    mask_unexecuted_actions (`bool`, *optional*, defaults to `False`):
+        Leave out of the loss the tokens of chunk actions the simulator never executed (the episode ended inside the
+        chunk). By default every token the student produced is scored: the teacher's target on a visited state is
+        defined for the whole chunk.
 
     > [!NOTE]
     > Changed defaults relative to [`trl.DistillationConfig`]: `learning_rate=5e-6` (SimpleVLA-RL's constant rate),
@@ -76,10 +92,24 @@ class VLAOPDConfig(RolloutArguments, DistillationConfig):
         },
     )
     clip_epsilon: float | None = field(
-        default=None, metadata={"help": "Ratio clipping for sampled_reverse_kl with num_iterations > 1."}
+        default=None,
+        metadata={"help": "Ratio clipping for sampled_reverse_kl with several optimizer steps per round."},
     )
     teacher_batch_size: int = field(
         default=64, metadata={"help": "Decision steps per batched teacher forward when scoring a round."}
+    )
+    rollout_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of the training rollouts (0: greedy); default: `temperature`."},
+    )
+    replay_rounds: int = field(
+        default=0,
+        metadata={
+            "help": "Previous generation rounds whose teacher-scored steps are trained on again (0: on-policy)."
+        },
+    )
+    mask_unexecuted_actions: bool = field(
+        default=False, metadata={"help": "Leave the tokens of chunk actions that never ran out of the loss."}
     )
 
     def __post_init__(self):
@@ -91,3 +121,12 @@ class VLAOPDConfig(RolloutArguments, DistillationConfig):
             raise ValueError(f"`teacher_batch_size` must be positive, got {self.teacher_batch_size}.")
         if self.clip_epsilon is not None and self.loss_type != "sampled_reverse_kl":
             raise ValueError("`clip_epsilon` only applies to `loss_type='sampled_reverse_kl'`.")
+        if self.rollout_temperature is not None and self.rollout_temperature < 0:
+            raise ValueError(f"`rollout_temperature` must be >= 0 (0: greedy), got {self.rollout_temperature}.")
+        if self.replay_rounds < 0:
+            raise ValueError(f"`replay_rounds` must be >= 0, got {self.replay_rounds}.")
+        if self.replay_rounds > 0 and self.loss_type == "sampled_reverse_kl":
+            raise ValueError(
+                "`replay_rounds` > 0 trains on tokens an older student sampled, which biases the sampled estimator "
+                "(`loss_type='sampled_reverse_kl'`); use an exact divergence such as `reverse_kl`, or no replay."
+            )

@@ -1,14 +1,15 @@
 """`VLAOPDTrainer`: on-policy distillation of a VLA in a simulator, as a `trl.DistillationTrainer`.
 
-One generation round (every `gradient_accumulation_steps * num_iterations` training steps):
+One generation round (every `gradient_accumulation_steps * num_minibatches * num_iterations` training steps):
 
     prompts (this rank's share)  x num_generations
       -> collect_rollouts(student, envs)          student samples, simulator steps (worker processes)
       -> teacher.action_logits(...)                once per round, batched, off the env-stepping path
-      -> buffer of decision steps                  shuffled, split into gradient_accumulation_steps micro-batches
+      -> buffer of decision steps                  + the last `replay_rounds` rounds' steps (DAgger-style), shuffled,
+                                                   split into num_minibatches minibatches of micro-batches
 
 Each training step takes one micro-batch, recomputes the student's action logits with gradients and applies
-`losses.<loss_type>` to (student, teacher) logits over the action bins, normalised by the round's global count of
+`losses.<loss_type>` to (student, teacher) logits over the action bins, normalised by its minibatch's global count of
 valid action tokens.
 
 Maintenance note: `DistillationTrainer.__init__` is built for text generation (tokenizer, generation config, image
@@ -18,6 +19,7 @@ token suppression, vocabulary check), so this trainer calls `_BaseTrainer.__init
 
 from __future__ import annotations
 
+import collections
 import textwrap
 import time
 from typing import Any
@@ -32,6 +34,9 @@ from ..losses import LOSSES
 from ..policy import ActionPolicy
 from .opd_config import VLAOPDConfig
 from .rollout_trainer import RolloutTrainerMixin
+
+
+PRIVILEGED_KEYS = ("privileged_state", "chunk_privileged_states")
 
 
 class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
@@ -167,6 +172,14 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
             self.teacher_policy = teacher_model
         self.loss_fn = LOSSES[args.loss_type]
         self.beta = args.beta
+        # The teacher-scored steps of the last `replay_rounds` rounds (student inputs only), oldest first.
+        self._replay: collections.deque[dict[str, Any]] = collections.deque(maxlen=args.replay_rounds)
+
+    def _env_kwargs(self) -> dict[str, Any]:
+        kwargs = super()._env_kwargs()
+        if getattr(self.teacher_policy, "needs_step_states", False):
+            kwargs["record_step_states"] = True  # the teacher labels every executed action at its own state
+        return kwargs
 
     @torch.no_grad()
     def _teacher_logits(self, observations, instructions, action_token_ids) -> torch.Tensor:
@@ -189,7 +202,8 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
     def _generate_and_score_completions(self, prompts: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
         start = time.perf_counter()
-        rollout = self._rollout(prompts, self.temperature, self.args.num_generations)
+        temperature = self.temperature if self.args.rollout_temperature is None else self.args.rollout_temperature
+        rollout = self._rollout(prompts, temperature, self.args.num_generations)
         rollout_time = time.perf_counter() - start
         steps = rollout.steps()
         if len(steps["observations"]) == 0:
@@ -208,10 +222,9 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
                 f"{self.state.global_step}, on decision steps {bad} of this round."
             )
 
-        # Every token the student produced is scored, executed or not: the teacher's target on a visited state is
-        # valid for the whole chunk (unlike a reward, which only speaks for the actions that ran).
-        action_mask = steps["action_mask"].float()
-        num_items = self.accelerator.gather(action_mask.sum().to(self.accelerator.device)).sum()
+        # By default every token the student produced is scored, executed or not: the teacher's target on a visited
+        # state is valid for the whole chunk (unlike a reward, which only speaks for the actions that ran).
+        action_mask = steps["executed_mask" if self.args.mask_unexecuted_actions else "action_mask"].float()
 
         self._log_rollout_metrics(rollout, rollout_time, mode)
         metrics = self._metrics[mode]
@@ -220,15 +233,26 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
         teacher_entropy = -(teacher_log_probs.exp() * teacher_log_probs).sum(-1)
         metrics["teacher_entropy"].append(((teacher_entropy * action_mask).sum() / action_mask.sum()).item())
 
-        return {
-            "observations": steps["observations"],
+        scored = {
+            # The student reads its camera images and proprioception; the privileged simulator states were the
+            # teacher's and are not kept.
+            "observations": [
+                {k: v for k, v in obs.items() if k not in PRIVILEGED_KEYS} for obs in steps["observations"]
+            ],
             "instructions": steps["instructions"],
             "action_token_ids": steps["token_ids"],
             "old_log_probs": steps["log_probs"],
             "action_mask": action_mask,
             "teacher_logits": teacher_logits,
-            "num_items_in_batch": num_items,
         }
+        if mode == "train" and self.args.replay_rounds > 0:
+            replayed = list(self._replay)
+            self._replay.append(scored)
+            metrics["replay_fraction"].append(
+                sum(len(r["action_mask"]) for r in replayed) / sum(len(r["action_mask"]) for r in [*replayed, scored])
+            )
+            scored = _concatenate([*replayed, scored])
+        return scored
 
     # ------------------------------------------------------------------------------------------------------------
     # Loss
@@ -278,3 +302,13 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
         metrics["argmax_agreement"].append((sums[2] / count).item())
         metrics["time/update"].append(time.perf_counter() - start)
         return (loss, student_logits) if return_outputs else loss
+
+
+def _concatenate(buffers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate round buffers of decision steps along their first dimension (lists and tensors alike)."""
+    return {
+        key: sum((b[key] for b in buffers), [])
+        if isinstance(buffers[0][key], list)
+        else torch.cat([b[key] for b in buffers])
+        for key in buffers[0]
+    }

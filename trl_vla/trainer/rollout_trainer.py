@@ -17,6 +17,7 @@ import datasets
 import torch
 from accelerate.utils import gather_object, set_seed
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, TrainerCallback
+from transformers.trainer_callback import ExportableState
 from trl.models import unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import RepeatSampler, identity, shuffle_sequence_dict
@@ -35,7 +36,12 @@ class RolloutArguments:
         default=64, metadata={"help": "Prompts (task, init state) per generation round over all processes."}
     )
     num_generations: int = field(default=8, metadata={"help": "Episodes per prompt in a generation round (G)."})
-    num_iterations: int = field(default=1, metadata={"help": "Optimizer steps per generation round."})
+    num_iterations: int = field(
+        default=1, metadata={"help": "Passes over a generation round's buffer (each of num_minibatches steps)."}
+    )
+    num_minibatches: int = field(
+        default=1, metadata={"help": "Optimizer steps per pass over a generation round's buffer (its minibatches)."}
+    )
     num_envs: int = field(default=2, metadata={"help": "Simulator worker processes per process (rank)."})
     image_size: int = field(default=128, metadata={"help": "Camera resolution rendered by the simulator."})
     cheap_rendering: bool = field(
@@ -53,7 +59,7 @@ class RolloutArguments:
     num_videos: int = field(default=2, metadata={"help": "Rollout videos saved at each evaluation."})
 
     def _check_rollout_arguments(self) -> None:
-        for name in ("prompts_per_step", "num_generations", "num_iterations", "image_size"):
+        for name in ("prompts_per_step", "num_generations", "num_iterations", "num_minibatches", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
         if self.num_envs < 0:
@@ -65,6 +71,30 @@ class RolloutArguments:
             )
         if self.open_loop_steps is not None and self.open_loop_steps < 1:
             raise ValueError(f"`open_loop_steps` must be positive, got {self.open_loop_steps}.")
+
+
+class RolloutProgress(TrainerCallback, ExportableState):
+    """What a rollout trainer accumulates over a run and its reports read: the cumulative env steps (the x axis of
+    every learning curve and of the model card) and the evaluation history (the curve's success points, the card's
+    before/after rows).
+
+    Saved in every checkpoint as a stateful callback of `trainer_state.json` and restored when training resumes from
+    one, so that a resumed run logs and reports what the uninterrupted run would.
+    """
+
+    def __init__(self, env_steps: int = 0, eval_history: list[dict[str, float]] | None = None):
+        self.env_steps = int(env_steps)
+        self.eval_history = list(eval_history or [])
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"env_steps": self.env_steps, "eval_history": self.eval_history}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if state.global_step > 0 and isinstance(saved, dict):  # resumed: the checkpoint's counts replace this run's
+            self.env_steps = int(saved["attributes"]["env_steps"])
+            self.eval_history = list(saved["attributes"]["eval_history"])
+        return control
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -169,10 +199,9 @@ class RolloutTrainerMixin:
         self._current_train_step_time = 0.0  # read by the TRL parents' training_step
         self._buffered_inputs = None
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self._total_env_steps = 0
         self._envs = envs
         self._owns_envs = envs is None
-        self.eval_history: list[dict[str, float]] = []
+        self.add_callback(RolloutProgress())
         set_seed(args.seed, device_specific=True)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -185,8 +214,30 @@ class RolloutTrainerMixin:
             self._signature_columns = list(PROMPT_COLUMNS)
 
     @property
+    def _micro_batches_per_pass(self) -> int:
+        """Micro-batches a generation round's buffer is split into: `gradient_accumulation_steps` for each of its
+        `num_minibatches` optimizer steps."""
+        return self.args.gradient_accumulation_steps * self.args.num_minibatches
+
+    @property
     def _steps_per_round(self) -> int:
-        return self.args.gradient_accumulation_steps * self.args.num_iterations
+        """Training steps (micro-batches) per generation round, over its `num_iterations` passes."""
+        return self._micro_batches_per_pass * self.args.num_iterations
+
+    @property
+    def _progress(self) -> RolloutProgress:
+        # Looked up each time: resuming with `restore_callback_states_from_checkpoint` replaces the callback object.
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RolloutProgress))
+
+    @property
+    def env_steps(self) -> int:
+        """Environment steps of all training rollouts so far, over processes (restored on resume)."""
+        return self._progress.env_steps
+
+    @property
+    def eval_history(self) -> list[dict[str, float]]:
+        """Every `evaluate()` of this run: its step, env steps and metrics (restored on resume)."""
+        return self._progress.eval_history
 
     def get_train_dataloader(self):
         return self._get_dataloader(
@@ -211,8 +262,27 @@ class RolloutTrainerMixin:
         if self._step % self._steps_per_round == 0 or self._buffered_inputs is None:
             # `_buffered_inputs is None` also after resuming from a checkpoint mid-round.
             round_buffer = shuffle_sequence_dict(self._generate_and_score_completions(generation_batch))
-            self._buffered_inputs = split_round(round_buffer, self.args.gradient_accumulation_steps)
-        return self._buffered_inputs[self._step % self.args.gradient_accumulation_steps]
+            self._buffered_inputs = self._split_round(round_buffer)
+        return self._buffered_inputs[self._step % self._micro_batches_per_pass]
+
+    def _split_round(self, buffer: dict[str, Any]) -> list[dict[str, Any]]:
+        """Split a (shuffled) round buffer into its micro-batches, each holding as `num_items_in_batch` the global
+        count (over processes) of valid action tokens of its optimizer step's minibatch: each step's loss is the mean
+        over the tokens of its own minibatch (TRL's normalisation for gradient accumulation and DDP)."""
+        size, count = len(buffer["action_token_ids"]), self._micro_batches_per_pass
+        if size < count:
+            raise ValueError(
+                f"This generation round has {size} decision steps on this process, fewer than its {count} "
+                "micro-batches (gradient_accumulation_steps x num_minibatches): lower those, or roll out more "
+                "episodes per round (prompts_per_step, num_generations)."
+            )
+        micro_batches = split_round(buffer, count)
+        gas = self.args.gradient_accumulation_steps
+        tokens = torch.stack([batch["action_mask"].sum() for batch in micro_batches]).view(-1, gas).sum(1)
+        tokens = self.accelerator.gather(tokens.to(self.accelerator.device)).view(-1, len(tokens)).sum(0)
+        for index, batch in enumerate(micro_batches):
+            batch["num_items_in_batch"] = tokens[index // gas]
+        return micro_batches
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollouts and teacher scoring
@@ -224,15 +294,19 @@ class RolloutTrainerMixin:
         if self._envs is None:
             from ..rollout import make_env_pool
 
-            config = self.accelerator.unwrap_model(self.model).config
             self._envs = make_env_pool(
-                num_workers=self.args.num_envs,
-                image_size=self.args.image_size,
-                wrist_camera=getattr(config, "num_images", 1) > 1,
-                cheap_rendering=self.args.cheap_rendering,
-                step_timeout=self.args.rollout_timeout,
+                num_workers=self.args.num_envs, step_timeout=self.args.rollout_timeout, **self._env_kwargs()
             )
         return self._envs
+
+    def _env_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of every simulator environment of the pool this trainer creates."""
+        config = self.accelerator.unwrap_model(self.model).config
+        return {
+            "image_size": self.args.image_size,
+            "wrist_camera": getattr(config, "num_images", 1) > 1,
+            "cheap_rendering": self.args.cheap_rendering,
+        }
 
     def close(self) -> None:
         """Shut down the simulator workers this trainer started."""
@@ -298,11 +372,11 @@ class RolloutTrainerMixin:
         ).sum(0)
         episodes, successes, env_steps, faults, length_sum = gathered.tolist()
         if mode == "train":
-            self._total_env_steps += int(env_steps)
+            self._progress.env_steps += int(env_steps)
         metrics = self._metrics[mode]
         metrics["success_rate"].append(successes / max(episodes, 1))
         metrics["episode_length"].append(length_sum / max(episodes, 1))
-        metrics["env_steps"].append(float(self._total_env_steps))
+        metrics["env_steps"].append(float(self.env_steps))
         metrics["env_steps_per_second"].append(stats["env_steps"] / max(rollout_time, 1e-9))
         metrics["worker_faults"].append(faults)
         metrics["time/rollout"].append(rollout_time)
@@ -346,9 +420,7 @@ class RolloutTrainerMixin:
 
                     if wandb.run is not None:  # the video back-end transformers' WandbCallback logs to
                         wandb.log({f"{metric_key_prefix}/video_{episode}": wandb.Video(path, format="mp4")})
-        self.eval_history.append(
-            {"step": self.state.global_step, "env_steps": float(self._total_env_steps), **metrics}
-        )
+        self.eval_history.append({"step": self.state.global_step, "env_steps": float(self.env_steps), **metrics})
         self.log(metrics)
         return metrics
 
