@@ -13,6 +13,13 @@ python examples/eval_libero.py --model_name_or_path outputs/opd --suite libero_o
     --output_dir outputs/eval
 ```
 
+Held-out init states (ones a training run neither trained nor evaluated on), with the 95% interval printed beside
+each rate:
+
+```bash
+python examples/eval_libero.py --model_name_or_path outputs/opd_libero --task_ids 0 --init_state_ids $(seq 32 47)
+```
+
 A quick look at two tasks:
 
 ```bash
@@ -38,7 +45,7 @@ import evaluate
 import torch
 from trl import TrlParser
 
-from trl_vla.evaluation import HELD_OUT_TASKS, evaluate_policy, evaluate_tasks, forgetting_report
+from trl_vla.evaluation import HELD_OUT_TASKS, evaluate_policy, evaluate_tasks, forgetting_report, format_success
 
 
 @dataclass
@@ -49,6 +56,13 @@ class EvalArguments:
     suite: str = field(default="libero_object", metadata={"help": "LIBERO suite."})
     task_ids: list[int] | None = field(default=None, metadata={"help": "Tasks of the suite (default: all)."})
     episodes_per_task: int = field(default=50, metadata={"help": "Episodes per task (init states 0..n-1)."})
+    init_state_ids: list[int] | None = field(
+        default=None,
+        metadata={"help": "Init states to evaluate, one episode each per task, instead of 0..episodes_per_task-1."},
+    )
+    open_loop_steps: int | None = field(
+        default=None, metadata={"help": "Actions of each predicted chunk executed per decision (default: all)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the simulator and of sampling."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: greedy, the standard)."})
     num_envs: int = field(default=2, metadata={"help": "Simulator worker processes."})
@@ -84,6 +98,8 @@ def main(args: EvalArguments) -> dict:
         "num_envs": args.num_envs,
         "image_size": args.image_size,
         "max_episode_steps": args.max_episode_steps,
+        "init_state_ids": args.init_state_ids,
+        "open_loop_steps": args.open_loop_steps,
     }
     policy = load_policy(args.model_name_or_path)
     if args.forgetting:
@@ -113,10 +129,13 @@ def main(args: EvalArguments) -> dict:
 
 
 def print_results(results: dict) -> None:
-    print(f"\n{results['suite']}: {results['episodes_per_task']} greedy episodes per task")
+    episodes = len(results["init_state_ids"])
+    print(f"\n{results['suite']}: {episodes} greedy episodes per task (success, 95% Wilson interval)")
     for task in results["per_task"]:
-        print(f"  task {task['task_id']:2d}  {100 * task['success_rate']:5.1f}%  {task['instruction']}")
-    print(f"  overall  {100 * results['success_rate']:5.1f}%  ({results['num_successes']}/{results['num_episodes']})")
+        print(
+            f"  task {task['task_id']:2d}  {format_success(sum(task['successes']), episodes)}  {task['instruction']}"
+        )
+    print(f"  overall  {format_success(results['num_successes'], results['num_episodes'])}")
 
 
 if __name__ == "__main__":

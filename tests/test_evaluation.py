@@ -46,6 +46,8 @@ def test_evaluate_policy_structure_videos_and_determinism(policy, tmp_path):
     failures = 2 - first["num_successes"]
     assert len(first["videos"]) == failures and all(os.path.exists(v) for v in first["videos"])
 
+    assert first["init_state_ids"] == [0, 1] and first["success_interval"][0] <= first["success_rate"]
+
     second = evaluate_policy(policy, SUITE, **kwargs)
     for key in ("success_rate", "per_task", "mean_episode_length", "num_successes"):
         assert first[key] == second[key], key
@@ -53,6 +55,13 @@ def test_evaluate_policy_structure_videos_and_determinism(policy, tmp_path):
     sampled = [evaluate_policy(policy, SUITE, temperature=1.0, **kwargs) for _ in range(2)]
     assert sampled[0]["mean_episode_length"] == sampled[1]["mean_episode_length"]
     assert sampled[0]["per_task"] == sampled[1]["per_task"]
+
+    # Chosen init states: the episodes of init states 1 and 0 are those of the run above, in that order.
+    chosen = evaluate_policy(
+        policy, SUITE, init_state_ids=[1, 0], **{k: v for k, v in kwargs.items() if k != "episodes_per_task"}
+    )
+    assert chosen["init_state_ids"] == [1, 0] and chosen["episodes_per_task"] == 2
+    assert chosen["per_task"][0]["successes"] == first["per_task"][0]["successes"][::-1]
 
     # Loggable with `evaluate` (JSON on disk, no Hub).
     path = tmp_path / "results.json"
@@ -71,6 +80,21 @@ def test_evaluate_policy_bad_inputs(policy):
         evaluate_policy(policy, SUITE, episodes_per_task=51)
     with pytest.raises(ValueError, match="temperature"):
         evaluate_policy(policy, SUITE, episodes_per_task=1, temperature=-1.0)
+
+
+def test_wilson_interval():
+    from trl_vla.evaluation import format_success, wilson_interval
+
+    low, high = wilson_interval(0, 16)
+    assert low == 0.0 and high == pytest.approx(0.1936, abs=1e-4)
+    low, high = wilson_interval(8, 16)
+    assert (low, high) == (pytest.approx(0.2800, abs=1e-4), pytest.approx(0.7200, abs=1e-4))
+    assert wilson_interval(16, 16)[1] == 1.0 and wilson_interval(16, 16)[0] == pytest.approx(0.8064, abs=1e-4)
+    assert format_success(6, 16) == "37.5% [18.5, 61.4] (6/16)"
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(17, 16)
+    with pytest.raises(ValueError, match="episodes"):
+        wilson_interval(0, 0)
 
 
 def _results(suite, rates):

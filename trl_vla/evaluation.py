@@ -1,7 +1,7 @@
 """Success-rate evaluation of a policy on LIBERO under the standard protocol, and forgetting on held-out tasks.
 
 The protocol is OpenVLA's LIBERO evaluation (as SimpleVLA-RL and VLA-OPD report it): episode `k` of a task starts
-from the task's fixed init state `k` (`k = 0 .. episodes_per_task - 1`), the simulator first runs its no-op wait
+from the task's fixed init state `k` (`k = 0 .. episodes_per_task - 1`, or given `init_state_ids`), the simulator first runs its no-op wait
 steps, the policy then acts for at most the suite's episode limit, and an episode succeeds when the task's goal
 predicate holds. Actions are greedy (temperature 0) unless asked otherwise. `LiberoEnv` owns the init states, the
 wait steps and the limits; this module only chooses the prompts, runs them and counts.
@@ -11,7 +11,9 @@ Results are plain dicts of JSON types, so `evaluate.save(path, **results)` logs 
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,11 +21,43 @@ from typing import Any
 from .policy import ActionPolicy
 
 
-__all__ = ["HELD_OUT_TASKS", "evaluate_policy", "evaluate_tasks", "forgetting_report", "measure_forgetting"]
+__all__ = [
+    "HELD_OUT_TASKS",
+    "evaluate_policy",
+    "evaluate_tasks",
+    "forgetting_report",
+    "format_success",
+    "measure_forgetting",
+    "wilson_interval",
+]
 
 HELD_OUT_TASKS: dict[str, tuple[int, ...]] = {"libero_object": (8, 9), "libero_spatial": (8, 9)}
 """Held-out tasks for the forgetting measurement. VLA-OPD holds out 2 `libero_object` and 2 `libero_spatial` tasks
 without naming them; these are the last two of each suite (train on the others)."""
+
+
+def wilson_interval(successes: int, episodes: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a success rate: `(low, high)` in [0, 1], for `successes` out of `episodes`.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or `episodes` successes: 0/16 gives
+    (0.0, 0.19), 8/16 (0.28, 0.72).
+    """
+    if episodes < 1:
+        raise ValueError(f"`episodes` must be positive, got {episodes}.")
+    if not 0 <= successes <= episodes:
+        raise ValueError(f"`successes` must be in [0, {episodes}], got {successes}.")
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    rate = successes / episodes
+    denominator = 1 + z * z / episodes
+    centre = (rate + z * z / (2 * episodes)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / episodes + z * z / (4 * episodes * episodes)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def format_success(successes: int, episodes: int) -> str:
+    """`"37.5% [18.5, 61.4] (6/16)"`: a success rate with its 95% Wilson interval, in percent."""
+    low, high = wilson_interval(successes, episodes)
+    return f"{100 * successes / episodes:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({successes}/{episodes})"
 
 
 def evaluate_policy(
@@ -40,6 +74,8 @@ def evaluate_policy(
     image_size: int = 128,
     max_failure_videos: int = 2,
     progress: bool = True,
+    init_state_ids: Sequence[int] | None = None,
+    open_loop_steps: int | None = None,
 ) -> dict[str, Any]:
     """Roll `policy` out on LIBERO under the standard protocol and report its success rate per task and overall.
 
@@ -59,22 +95,31 @@ def evaluate_policy(
         image_size: Camera resolution when `envs` is not given.
         max_failure_videos: Failure videos saved per task.
         progress: Show a progress bar.
+        init_state_ids: The init states to start from, one episode each per task, instead of
+            `0 .. episodes_per_task - 1` (e.g. init states a training run never saw).
+        open_loop_steps: Actions of each predicted chunk to execute before the next decision (default: the whole
+            chunk), as in training (`open_loop_steps` of the trainers' configs).
 
     Returns:
-        A dict of JSON types: `suite`, `task_ids`, `episodes_per_task`, `seed`, `temperature`, `success_rate` (over
-        all episodes), `num_episodes`, `num_successes`, `mean_episode_length` (policy steps), `per_task` (a list of
+        A dict of JSON types: `suite`, `task_ids`, `init_state_ids`, `episodes_per_task`, `seed`, `temperature`,
+        `success_rate` (over all episodes) with its 95% Wilson interval `success_interval`, `num_episodes`,
+        `num_successes`, `mean_episode_length` (policy steps), `per_task` (a list of
         `{"task_id", "instruction", "success_rate", "successes"}`), `videos` (paths) and `runtime_s`.
     """
     from .envs.libero import make_prompts
     from .rollout import collect_rollouts, make_env_pool, save_video
 
-    if not 1 <= episodes_per_task <= 50:
-        raise ValueError(
-            f"`episodes_per_task` must be in [1, 50] (LIBERO has 50 fixed init states per task), got {episodes_per_task}."
-        )
+    if init_state_ids is None:
+        if not 1 <= episodes_per_task <= 50:
+            raise ValueError(
+                f"`episodes_per_task` must be in [1, 50] (LIBERO has 50 fixed init states per task), got "
+                f"{episodes_per_task}."
+            )
+        init_state_ids = range(episodes_per_task)
+    init_state_ids = [int(i) for i in init_state_ids]
     if temperature < 0:
         raise ValueError(f"`temperature` must be non-negative (0 is greedy), got {temperature}.")
-    prompts = make_prompts(suite, task_ids, list(range(episodes_per_task)))  # raises on unknown suites and tasks
+    prompts = make_prompts(suite, task_ids, init_state_ids)  # raises on unknown suites, tasks and init states
     owns_envs = envs is None
     if owns_envs:
         envs = make_env_pool(num_workers=num_envs, image_size=image_size)
@@ -88,6 +133,7 @@ def evaluate_policy(
             max_episode_steps=max_episode_steps,
             seed=seed,
             progress=progress,
+            open_loop_steps=open_loop_steps,
         )
     finally:
         if owns_envs:
@@ -117,10 +163,12 @@ def evaluate_policy(
     return {
         "suite": suite,
         "task_ids": [t["task_id"] for t in per_task],
-        "episodes_per_task": episodes_per_task,
+        "init_state_ids": init_state_ids,
+        "episodes_per_task": len(init_state_ids),
         "seed": seed,
         "temperature": temperature,
         "success_rate": sum(successes) / len(successes),
+        "success_interval": list(wilson_interval(sum(successes), len(successes))),
         "num_episodes": len(successes),
         "num_successes": sum(successes),
         "mean_episode_length": sum(lengths) / len(lengths),
