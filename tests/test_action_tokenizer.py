@@ -132,3 +132,22 @@ def test_norm_stats_errors():
         select_norm_stats({}, None)
     with pytest.raises(ValueError, match="2-D"):
         normalize_actions(np.zeros((3, 2)), stats)
+
+
+def test_norm_stats_compatibility_names_the_dimension():
+    from trl_vla.action_tokenizer import check_norm_stats_compatible
+
+    def stats(q01, q99, mask=(True, True, False)):
+        return {"action": {"q01": list(q01), "q99": list(q99), "mask": list(mask)}}
+
+    base = stats([-1.0, -0.5, -1.0], [1.0, 0.5, 1.0])
+    check_norm_stats_compatible(base, stats([-1.0, -0.5002, -1.0], [1.0, 0.5, 1.0]))  # within 1e-3 of the range
+    check_norm_stats_compatible(base, stats([-1.0, -0.5, 0.0], [1.0, 0.5, 9.0]))  # dimension 2 is not normalised
+    with pytest.raises(
+        ValueError, match=r"\n  dimension 1: student \[q01, q99\] = \[-0.5, 0.5\], teacher \[-0.4, 0.5\]$"
+    ):
+        check_norm_stats_compatible(base, stats([-1.0, -0.4, -1.0], [1.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="dimension 2: normalised for the teacher only"):
+        check_norm_stats_compatible(base, stats([-1.0, -0.5, -1.0], [1.0, 0.5, 1.0], (True, True, True)))
+    with pytest.raises(ValueError, match="3-D but the actions are 2-D"):
+        check_norm_stats_compatible(stats([0, 0], [1, 1], (True, True)), base)

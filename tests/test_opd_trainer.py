@@ -9,7 +9,7 @@ import datasets
 import pytest
 import torch
 
-from trl_vla import ActionTokenizer, VLAOPDConfig, VLAOPDTrainer
+from trl_vla import ActionTokenizer, VLAOPDConfig, VLAOPDTrainer, select_norm_stats
 from trl_vla.envs.libero import make_prompts
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
 from trl_vla.teachers import ScriptedLiberoExpert
@@ -83,6 +83,20 @@ def test_mismatched_action_spaces_name_the_field(student_path, tmp_path):
     teacher = ScriptedLiberoExpert(SUITE, action_space=space)
     with pytest.raises(ValueError, match="chunk_size: student=8, teacher=1"):
         _trainer(student_path, tmp_path, teacher=teacher)
+
+
+def test_teacher_with_other_normalisation_statistics_is_refused(student_path, tmp_path):
+    model = OpenVLAForActionPrediction.from_pretrained(student_path)
+    _, stats = select_norm_stats(model.config.norm_stats, model.config.unnorm_key)
+    other = {"action": {k: list(v) for k, v in stats["action"].items()}}
+    other["action"]["q99"][2] = float(other["action"]["q99"][2]) * 0.5  # the same key, other demonstrations
+    teacher = ScriptedLiberoExpert(SUITE, action_space=model.action_space, norm_stats=other)
+    with pytest.raises(ValueError, match=r"statistics differ.*\n  dimension 2: student \[q01, q99\]"):
+        _trainer(student_path, tmp_path, teacher=teacher)
+    # Within the tolerance (a rounding of the same statistics) it trains.
+    other["action"]["q99"][2] = float(stats["action"]["q99"][2]) * (1 + 1e-5)
+    teacher = ScriptedLiberoExpert(SUITE, action_space=model.action_space, norm_stats=other)
+    assert _trainer(student_path, tmp_path, teacher=teacher).teacher_policy is teacher
 
 
 def test_missing_teacher_and_bad_config(student_path, tmp_path):

@@ -27,6 +27,7 @@ __all__ = [
     "ActionSpace",
     "ActionTokenizer",
     "action_bounds",
+    "check_norm_stats_compatible",
     "compute_norm_stats",
     "normalize_actions",
     "select_norm_stats",
@@ -309,6 +310,42 @@ def action_bounds(stats: Mapping[str, Any], dim: int) -> tuple[np.ndarray, np.nd
     if low.shape[0] != dim:
         raise ValueError(f"The statistics are {low.shape[0]}-D but the actions are {dim}-D.")
     return low, high, mask
+
+
+def check_norm_stats_compatible(
+    stats: Mapping[str, Any],
+    other: Mapping[str, Any],
+    names: tuple[str, str] = ("student", "teacher"),
+    rtol: float = 1e-3,
+) -> None:
+    """Raise a `ValueError` naming each action dimension whose BOUNDS_Q99 statistics differ between two policies.
+
+    Two policies whose tokens are compared bin by bin must mean the same robot action by the same bin: a teacher
+    whose statistics come from other demonstrations (even under the same `unnorm_key`) puts its bin `i` at another
+    action, and a KL between the two distributions is then meaningless. `q01` and `q99` may differ by `rtol` of the
+    dimension's range; the normalisation masks must agree.
+    """
+    dim = len((stats["action"] if "action" in stats else stats)["q01"])
+    low, high, mask = action_bounds(stats, dim)
+    other_low, other_high, other_mask = action_bounds(other, len(low))
+    tolerance = rtol * np.maximum(np.abs(high - low), np.abs(other_high - other_low)) + 1e-6
+    diffs = []
+    for dim in range(len(low)):
+        if mask[dim] != other_mask[dim]:
+            diffs.append(f"dimension {dim}: normalised for the {names[0] if mask[dim] else names[1]} only")
+        elif mask[dim] and (
+            abs(low[dim] - other_low[dim]) > tolerance[dim] or abs(high[dim] - other_high[dim]) > tolerance[dim]
+        ):
+            diffs.append(
+                f"dimension {dim}: {names[0]} [q01, q99] = [{low[dim]:.4g}, {high[dim]:.4g}], "
+                f"{names[1]} [{other_low[dim]:.4g}, {other_high[dim]:.4g}]"
+            )
+    if diffs:
+        raise ValueError(
+            f"The {names[0]} and {names[1]} normalisation statistics differ, so the same action bin means different "
+            f"robot actions for the two (give both the same statistics, e.g. the {names[0]}'s):\n  "
+            + "\n  ".join(diffs)
+        )
 
 
 def normalize_actions(actions: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:

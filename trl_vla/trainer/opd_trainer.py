@@ -30,6 +30,7 @@ from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, Trainer
 from trl import DistillationTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
+from ..action_tokenizer import check_norm_stats_compatible, select_norm_stats
 from ..losses import LOSSES
 from ..policy import ActionPolicy
 from .opd_config import VLAOPDConfig
@@ -154,8 +155,11 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
         self._init_student_and_trainer(
             model, args, train_dataset, eval_dataset, processing_class, callbacks, optimizers, peft_config, envs
         )
-        student_space = self.accelerator.unwrap_model(self.model).action_space
-        student_space.check_compatible(teacher_model.action_space, ("student", "teacher"))
+        student = self.accelerator.unwrap_model(self.model)
+        student.action_space.check_compatible(teacher_model.action_space, ("student", "teacher"))
+        student_stats, teacher_stats = _norm_stats(student), _norm_stats(teacher_model)
+        if student_stats is not None and teacher_stats is not None:
+            check_norm_stats_compatible(student_stats, teacher_stats, ("student", "teacher"))
 
         if isinstance(teacher_model, PreTrainedModel):
             teacher_model.eval().requires_grad_(False)
@@ -302,6 +306,16 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
         metrics["argmax_agreement"].append((sums[2] / count).item())
         metrics["time/update"].append(time.perf_counter() - start)
         return (loss, student_logits) if return_outputs else loss
+
+
+def _norm_stats(policy: Any) -> dict[str, Any] | None:
+    """The BOUNDS_Q99 statistics a policy's bins mean: a VLA's `config.norm_stats[unnorm_key]`, or a policy object's
+    `norm_stats` (the scripted expert's); `None` for a policy that declares none."""
+    config = getattr(policy, "config", None)  # a PeftModel forwards `config` to its base model
+    if config is not None and getattr(config, "norm_stats", None):
+        return select_norm_stats(config.norm_stats, getattr(config, "unnorm_key", None))[1]
+    stats = getattr(policy, "norm_stats", None)
+    return dict(stats) if stats else None
 
 
 def _concatenate(buffers: list[dict[str, Any]]) -> dict[str, Any]:
