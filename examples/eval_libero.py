@@ -46,6 +46,7 @@ import torch
 from trl import TrlParser
 
 from trl_vla.evaluation import HELD_OUT_TASKS, evaluate_policy, evaluate_tasks, forgetting_report, format_success
+from trl_vla.models import as_policy
 
 
 @dataclass
@@ -78,16 +79,6 @@ class EvalArguments:
     )
 
 
-def load_policy(path: str):
-    """A `VLAPolicy` for the checkpoint at `path`, in evaluation mode."""
-    from transformers import AutoProcessor
-
-    from trl_vla.models import VLAPolicy, load_vla
-
-    model = load_vla(path).eval()
-    return VLAPolicy(model, AutoProcessor.from_pretrained(path))
-
-
 def main(args: EvalArguments) -> dict:
     torch.set_num_threads(1)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -101,13 +92,13 @@ def main(args: EvalArguments) -> dict:
         "init_state_ids": args.init_state_ids,
         "open_loop_steps": args.open_loop_steps,
     }
-    policy = load_policy(args.model_name_or_path)
+    policy = as_policy(args.model_name_or_path)
     if args.forgetting:
         results = evaluate_tasks(policy, HELD_OUT_TASKS, video_dir=os.path.join(args.output_dir, "videos"), **kwargs)
         for suite_results in results.values():
             print_results(suite_results)
         if args.baseline_model_name_or_path is not None:
-            baseline = evaluate_tasks(load_policy(args.baseline_model_name_or_path), HELD_OUT_TASKS, **kwargs)
+            baseline = evaluate_tasks(as_policy(args.baseline_model_name_or_path), HELD_OUT_TASKS, **kwargs)
             report = forgetting_report(baseline, results)
             print(f"\n{'held-out task':40} {'before':>8} {'after':>8} {'change':>8}")
             for row in report["tasks"]:

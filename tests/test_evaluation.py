@@ -71,8 +71,35 @@ def test_evaluate_policy_structure_videos_and_determinism(policy, tmp_path):
     envs.close()
 
 
+def test_as_policy_takes_a_model_or_a_checkpoint_path(policy):
+    import copy
+
+    import numpy as np
+    import torch
+
+    from trl_vla.models import VLAPolicy, as_policy
+
+    observations = [{"image": np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)}]
+    expected = policy.sample_actions(policy.build_inputs(observations, ["pick"]), temperature=0.0)[0]
+    path = policy.model.config._name_or_path
+    for given in (policy.model, path):  # the processor is found next to the weights
+        converted = as_policy(given)
+        assert isinstance(converted, VLAPolicy)
+        got = converted.sample_actions(converted.build_inputs(observations, ["pick"]), temperature=0.0)[0]
+        assert torch.equal(got, expected)
+    assert as_policy(policy) is policy
+    bare = type(policy.model)(copy.deepcopy(policy.model.config))
+    bare.config._name_or_path = ""
+    with pytest.raises(ValueError, match="No processor for this OpenVLAForActionPrediction: pass `processor=`"):
+        as_policy(bare)
+    assert as_policy(bare, policy.processor).model is bare
+
+
 def test_evaluate_policy_bad_inputs(policy):
     from trl_vla.evaluation import evaluate_policy
+
+    with pytest.raises(TypeError, match="Expected a policy .*; got dict"):
+        evaluate_policy({"weights": None}, SUITE, episodes_per_task=1, num_envs=0)
 
     with pytest.raises(ValueError, match="Unknown LIBERO suite 'libero_nope'"):
         evaluate_policy(policy, "libero_nope", episodes_per_task=1, num_envs=0)

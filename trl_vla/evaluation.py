@@ -61,7 +61,7 @@ def format_success(successes: int, episodes: int) -> str:
 
 
 def evaluate_policy(
-    policy: ActionPolicy,
+    policy: ActionPolicy | Any,
     suite: str,
     task_ids: Sequence[int] | None = None,
     episodes_per_task: int = 50,
@@ -76,11 +76,14 @@ def evaluate_policy(
     progress: bool = True,
     init_state_ids: Sequence[int] | None = None,
     open_loop_steps: int | None = None,
+    processor: Any = None,
 ) -> dict[str, Any]:
     """Roll `policy` out on LIBERO under the standard protocol and report its success rate per task and overall.
 
     Args:
-        policy: Anything honouring the policy contract (`trl_vla.models.VLAPolicy`, a scripted expert, ...).
+        policy: Anything honouring the policy contract (`trl_vla.models.VLAPolicy`, a scripted expert, ...), a VLA
+            model (with `processor`, or saved with its processor) or a checkpoint path (see
+            `trl_vla.models.as_policy`; anything else raises a `TypeError`).
         suite: LIBERO suite, e.g. `"libero_object"`.
         task_ids: Tasks of the suite to evaluate (default: all).
         episodes_per_task: Episodes per task, from init states `0 .. episodes_per_task - 1` (at most 50).
@@ -99,6 +102,7 @@ def evaluate_policy(
             `0 .. episodes_per_task - 1` (e.g. init states a training run never saw).
         open_loop_steps: Actions of each predicted chunk to execute before the next decision (default: the whole
             chunk), as in training (`open_loop_steps` of the trainers' configs).
+        processor: The processor of a VLA model given as `policy`.
 
     Returns:
         A dict of JSON types: `suite`, `task_ids`, `init_state_ids`, `episodes_per_task`, `seed`, `temperature`,
@@ -107,7 +111,10 @@ def evaluate_policy(
         `{"task_id", "instruction", "success_rate", "successes"}`), `videos` (paths) and `runtime_s`.
     """
     from .envs.libero import make_prompts
+    from .models import as_policy
     from .rollout import collect_rollouts, make_env_pool, save_video
+
+    policy = as_policy(policy, processor)
 
     if init_state_ids is None:
         if not 1 <= episodes_per_task <= 50:

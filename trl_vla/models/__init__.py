@@ -2,7 +2,7 @@
 
 from .openvla import OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAImageProcessor, OpenVLAProcessor
 from .tiny import make_tiny_openvla, make_tiny_sft_student
-from .vla_policy import VLAPolicy, load_vla
+from .vla_policy import VLAPolicy, as_policy, load_vla
 from .vlm_policy import VLMActionConfig, VLMActionProcessor, VLMForActionPrediction, make_tiny_vlm_policy
 
 
@@ -15,6 +15,7 @@ __all__ = [
     "VLMActionConfig",
     "VLMActionProcessor",
     "VLMForActionPrediction",
+    "as_policy",
     "load_vla",
     "make_tiny_openvla",
     "make_tiny_sft_student",

@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
-from transformers import AutoModelForImageTextToText, PreTrainedModel
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from ..action_tokenizer import ActionSpace
+from ..policy import ActionPolicy
 from . import openvla  # noqa: F401  (registers OpenVLA with the Auto classes used by `load_vla`)
 
 
-__all__ = ["VLAPolicy", "load_vla"]
+__all__ = ["VLAPolicy", "as_policy", "load_vla"]
 
 
 def load_vla(path: str, **kwargs: Any) -> PreTrainedModel:
     """Load a VLA checkpoint (e.g. an OpenVLA one) with `AutoModelForImageTextToText.from_pretrained(path, **kwargs)`."""
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+
+def as_policy(policy: Any, processor: Any = None) -> ActionPolicy:
+    """The policy-contract object for what a user has at hand.
+
+    Args:
+        policy: A policy (`VLAPolicy`, a scripted expert, ...; returned as it is), a VLA model
+            (`PreTrainedModel`), or the path of a VLA checkpoint (loaded with `load_vla`, in evaluation mode).
+        processor: The model's processor. Defaults to the one saved with the checkpoint (the path, or the model's
+            `config._name_or_path` when that is a local directory).
+
+    Raises:
+        TypeError: For anything else, naming what is accepted.
+        ValueError: For a model whose processor cannot be found.
+    """
+    if isinstance(policy, (str, os.PathLike)):
+        path = os.fspath(policy)
+        return VLAPolicy(
+            load_vla(path).eval(), processor if processor is not None else AutoProcessor.from_pretrained(path)
+        )
+    if isinstance(policy, PreTrainedModel):
+        if processor is None:
+            source = getattr(policy.config, "_name_or_path", "")
+            if not (source and os.path.isdir(source)):
+                raise ValueError(
+                    f"No processor for this {type(policy).__name__}: pass `processor=` (the model's own processor), "
+                    "or pass the checkpoint's path instead of the model."
+                )
+            processor = AutoProcessor.from_pretrained(source)
+        return VLAPolicy(policy, processor)
+    if isinstance(policy, ActionPolicy):
+        return policy
+    raise TypeError(
+        "Expected a policy (action_space, build_inputs, action_logits, sample_actions; e.g. `VLAPolicy`), a VLA "
+        f"model (`PreTrainedModel`, with its processor) or a checkpoint path; got {type(policy).__name__}."
+    )
 
 
 class VLAPolicy:
