@@ -270,3 +270,27 @@ def test_closing_leaves_no_processes():
     del envs
     gc.collect()
     assert not any(_alive(pid) for pid in pids)
+
+
+STDIN_SCRIPT = """
+from trl_vla.rollout import LiberoEnvPool
+with LiberoEnvPool(num_workers=1, image_size=32) as envs:
+    reply = envs.run({0: ("reset", {"suite": "libero_object", "task_id": 0, "init_state_id": 0})})[0]
+    print("reset", reply.fault, reply.value[0]["image"].shape)
+"""
+
+
+@pytest.mark.slow
+def test_pool_starts_from_a_script_read_on_stdin():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-"], input=STDIN_SCRIPT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reset False (32, 32, 3)" in done.stdout
+
+    # A factory defined in that script cannot reach the workers: one line says why and what to do.
+    script = "from trl_vla.rollout import LiberoEnvPool\ndef make(**kw): pass\nLiberoEnvPool(num_workers=1, env_factory=make)\n"
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "RuntimeError: The env factory 'make' is defined in a script read from <stdin>" in done.stderr

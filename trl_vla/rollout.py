@@ -21,11 +21,13 @@ interpreter exit) stops every worker.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import multiprocessing.connection
 import os
 import signal
+import sys
 import time
 import traceback
 import weakref
@@ -135,13 +137,40 @@ class EnvReply:
     message: str = ""
 
 
+@contextlib.contextmanager
+def _main_module_not_reimported(ctx: Any, env_factory: Callable[..., Any]):
+    """Let `spawn` start workers from a script read on stdin (`python - <<EOF`).
+
+    A spawned child re-imports the parent's `__main__` from its file; for `<stdin>` there is none and the child dies
+    with `FileNotFoundError: '<stdin>'`. The workers need nothing from `__main__` unless the env factory lives there,
+    so the child is told there is no main file (as for `python -c` and notebooks), or the user is told what to do.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if ctx.get_start_method() == "fork" or path is None or os.path.exists(path):
+        yield
+        return
+    if getattr(env_factory, "__module__", None) == "__main__":
+        raise RuntimeError(
+            f"The env factory {getattr(env_factory, '__qualname__', env_factory)!r} is defined in a script read from "
+            f"{path}, which simulator workers (started with 'spawn') cannot import: save the script to a file, or "
+            "define the factory in an importable module."
+        )
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 class _Worker:
     def __init__(self, ctx: Any, env_factory: Callable[..., Any], env_kwargs: dict, single_render_thread: bool):
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=_worker_main, args=(child_conn, env_factory, env_kwargs, single_render_thread), daemon=True
         )
-        self.process.start()
+        with _main_module_not_reimported(ctx, env_factory):
+            self.process.start()
         child_conn.close()
         self.stopped = False
 
@@ -151,8 +180,9 @@ class _Worker:
         try:
             message, _ = self.conn.recv()
         except EOFError:
+            self.process.join(timeout=5.0)
             raise RuntimeError(
-                f"A simulator worker exited while starting (exit code {self.process.exitcode}); see its output above."
+                f"A simulator worker failed while starting ({self.death_reason()}); see its output above."
             ) from None
         if message != "ready":
             raise RuntimeError(f"Unexpected message from a starting simulator worker: {message!r}.")
