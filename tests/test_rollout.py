@@ -294,3 +294,15 @@ def test_pool_starts_from_a_script_read_on_stdin():
     done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "RuntimeError: The env factory 'make' is defined in a script read from <stdin>" in done.stderr
+
+
+@pytest.mark.slow
+def test_worker_output_goes_to_its_log(tmp_path, capfd):
+    with LiberoEnvPool(num_workers=1, image_size=32, log_dir=str(tmp_path / "logs")) as envs:
+        reply = envs.run({0: ("reset", {"suite": SUITE, "task_id": 0, "init_state_id": 0})})[0]
+        assert not reply.fault
+    out, err = capfd.readouterr()
+    log = (tmp_path / "logs" / "worker-0.log").read_text()
+    assert "No private macro file" in log  # robosuite's import-time warning, printed by the worker...
+    assert "No private macro file" not in out + err  # ...not on the console
+    assert "using task orders" not in out + err + log  # LIBERO's print while building a suite is silenced

@@ -92,11 +92,36 @@ class _EnvHost:
             self.env = None
 
 
+def _redirect_output(log_path: str) -> None:
+    """Send this process's stdout and stderr, Python's and the C libraries' alike (MuJoCo, robosuite), to a file."""
+    log = open(log_path, "a", buffering=1)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+
+
+def _log_tail(log_path: str | None, lines: int = 40) -> str:
+    """The last `lines` lines of a worker's log, to quote in an error (empty without a log)."""
+    if log_path is None or not os.path.exists(log_path):
+        return ""
+    with open(log_path, errors="replace") as log:
+        tail = collections.deque(log, maxlen=lines)
+    return f"\nThe last lines of its log ({log_path}):\n" + "".join(tail)
+
+
 def _worker_main(
-    conn: mp.connection.Connection, env_factory: Callable[..., Any], env_kwargs: dict, single_render_thread: bool
+    conn: mp.connection.Connection,
+    env_factory: Callable[..., Any],
+    env_kwargs: dict,
+    single_render_thread: bool,
+    log_path: str | None = None,
 ) -> None:
     """Entry point of a worker process: answer `(tag, command, payload)` messages with `(tag, kind, value)` until
     "close" or a closed pipe."""
+    if log_path is not None:
+        _redirect_output(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes the pool
     if single_render_thread:
         # Mesa's software renderer (llvmpipe) starts one thread per core in every process; when the workers already
@@ -164,10 +189,20 @@ def _main_module_not_reimported(ctx: Any, env_factory: Callable[..., Any]):
 
 
 class _Worker:
-    def __init__(self, ctx: Any, env_factory: Callable[..., Any], env_kwargs: dict, single_render_thread: bool):
+    def __init__(
+        self,
+        ctx: Any,
+        env_factory: Callable[..., Any],
+        env_kwargs: dict,
+        single_render_thread: bool,
+        log_path: str | None = None,
+    ):
+        self.log_path = log_path
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
-            target=_worker_main, args=(child_conn, env_factory, env_kwargs, single_render_thread), daemon=True
+            target=_worker_main,
+            args=(child_conn, env_factory, env_kwargs, single_render_thread, log_path),
+            daemon=True,
         )
         with _main_module_not_reimported(ctx, env_factory):
             self.process.start()
@@ -181,9 +216,8 @@ class _Worker:
             message, _ = self.conn.recv()
         except EOFError:
             self.process.join(timeout=5.0)
-            raise RuntimeError(
-                f"A simulator worker failed while starting ({self.death_reason()}); see its output above."
-            ) from None
+            where = _log_tail(self.log_path) or " See its output above."
+            raise RuntimeError(f"A simulator worker failed while starting ({self.death_reason()}).{where}") from None
         if message != "ready":
             raise RuntimeError(f"Unexpected message from a starting simulator worker: {message!r}.")
 
@@ -236,6 +270,9 @@ class LiberoEnvPool:
             must be picklable (a module-level function or a `functools.partial` of one). The environment must switch
             task on `reset(options={"suite", "task_id"})`.
         start_method: `multiprocessing` start method of the workers.
+        log_dir: Where each worker writes its output (`worker-<k>.log`: the libraries' warnings and prints, appended
+            across restarts) instead of the console; the last lines are quoted when a worker fails to start, and a
+            restart's fault message names the log.
         **env_kwargs: Keyword arguments of every environment, e.g. `LiberoEnv`'s `image_size`, `wrist_camera`,
             `cheap_rendering`, `record_step_states`.
 
@@ -250,6 +287,7 @@ class LiberoEnvPool:
         start_timeout: float = 300.0,
         env_factory: Callable[..., Any] | None = None,
         start_method: str = "spawn",
+        log_dir: str | None = None,
         **env_kwargs: Any,
     ):
         if num_workers < 0:
@@ -261,6 +299,9 @@ class LiberoEnvPool:
 
             env_factory = LiberoEnv
         self.num_workers = num_workers
+        self.log_dir = log_dir
+        if log_dir is not None and num_workers > 0:
+            os.makedirs(log_dir, exist_ok=True)
         self.step_timeout = step_timeout
         self.start_timeout = start_timeout
         self.num_restarts = 0
@@ -272,7 +313,7 @@ class LiberoEnvPool:
         self._local = _EnvHost(env_factory, self._env_kwargs) if num_workers == 0 else None
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
         try:
-            self._workers.extend(self._new_worker() for _ in range(num_workers))
+            self._workers.extend(self._new_worker(index) for index in range(num_workers))
             for worker in self._workers:
                 worker.wait_ready(start_timeout)
         except BaseException:
@@ -354,16 +395,25 @@ class LiberoEnvPool:
             self._local.drop_env()
             return EnvReply(fault=True, message=f"{type(err).__name__}: {err}")
 
-    def _new_worker(self) -> _Worker:
-        return _Worker(self._ctx, self._env_factory, self._env_kwargs, single_render_thread=self.num_workers > 1)
+    def _new_worker(self, index: int) -> _Worker:
+        log_path = None if self.log_dir is None else os.path.join(self.log_dir, f"worker-{index}.log")
+        return _Worker(
+            self._ctx,
+            self._env_factory,
+            self._env_kwargs,
+            single_render_thread=self.num_workers > 1,
+            log_path=log_path,
+        )
 
     def _restart(self, index: int, reason: str) -> EnvReply:
+        log_path = self._workers[index].log_path
         self._workers[index].stop(graceful=False)
         self.num_restarts += 1
-        worker = self._new_worker()
+        worker = self._new_worker(index)
         self._workers[index] = worker
         worker.wait_ready(self.start_timeout)
-        return EnvReply(fault=True, message=f"{reason}; worker restarted")
+        where = "" if log_path is None else f" (its log: {log_path})"
+        return EnvReply(fault=True, message=f"{reason}{where}; worker restarted")
 
     def get_attr(self, name: str) -> list[Any]:
         """`getattr(env, name)` of every environment (`None` for an environment not built yet)."""

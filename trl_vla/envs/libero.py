@@ -34,7 +34,7 @@ import datasets
 import gymnasium as gym
 import numpy as np
 
-from .libero_setup import renderer_error, setup_libero
+from .libero_setup import benchmark_suite, renderer_error
 from .libero_state import LIBERO_SUITES, extract_privileged_state
 
 
@@ -76,15 +76,11 @@ class SimulationError(RuntimeError):
     """The simulation became invalid (NaN state, MuJoCo instability); the episode cannot be trusted."""
 
 
-@functools.cache
 def _benchmark_suite(suite: str) -> Any:
-    setup_libero()
-    from libero.libero import benchmark
-
-    suites = benchmark.get_benchmark_dict()
-    if suite not in suites:
-        raise ValueError(f"Unknown LIBERO suite {suite!r}; choose one of {list(LIBERO_SUITES)}.")
-    return suites[suite]()
+    try:
+        return benchmark_suite(suite)
+    except KeyError:
+        raise ValueError(f"Unknown LIBERO suite {suite!r}; choose one of {list(LIBERO_SUITES)}.") from None
 
 
 @functools.cache

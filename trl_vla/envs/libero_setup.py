@@ -17,12 +17,15 @@ default `~/.cache/trl_vla/libero`) unless `LIBERO_CONFIG_PATH` already names one
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
+import io
 import os
 import sys
 import tempfile
+from typing import Any
 
 
 __all__ = ["ASSET_DISTRIBUTIONS", "LiberoSetupError", "renderer_error", "setup_libero"]
@@ -176,3 +179,16 @@ def setup_libero() -> dict[str, str]:
     # LIBERO resolves every asset through get_assets_path(), which returns this cache when it is set.
     libero.libero._assets_path_cache = assets
     return {"libero_root": libero_root, "assets": assets, "config_dir": config_dir}
+
+
+@functools.cache
+def benchmark_suite(suite: str) -> Any:
+    """LIBERO's benchmark object of a suite (`libero.libero.benchmark.get_benchmark_dict()[suite]()`), built once
+    per process and without the `[info] using task orders ...` line LIBERO prints each time it builds one.
+    `KeyError` for an unknown suite."""
+    setup_libero()
+    from libero.libero import benchmark
+
+    suites = benchmark.get_benchmark_dict()
+    with contextlib.redirect_stdout(io.StringIO()):
+        return suites[suite]()

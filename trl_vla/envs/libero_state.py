@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from .libero_setup import benchmark_suite
+
 
 __all__ = [
     "LIBERO_SUITES",
@@ -62,11 +64,9 @@ OBSTACLE_PICK, OBSTACLE_PLACE, OBSTACLE_OBJECT, OBSTACLE_FIXTURE = 0, 1, 2, 3
 
 @functools.cache
 def _bddl_index() -> dict[tuple[str, str], int]:
-    from libero.libero import benchmark
-
     index = {}
     for suite in LIBERO_SUITES:
-        task_suite = benchmark.get_benchmark_dict()[suite]()
+        task_suite = benchmark_suite(suite)
         for task_id in range(task_suite.n_tasks):
             index[(suite, task_suite.get_task(task_id).bddl_file)] = task_id
     return index

@@ -290,12 +290,18 @@ class RolloutTrainerMixin:
 
     @property
     def envs(self):
-        """The simulator pool of this process, created on first use."""
+        """The simulator pool of this process, created on first use (worker logs in `output_dir/logs/`)."""
         if self._envs is None:
             from ..rollout import make_env_pool
 
+            # Worker output (the simulator libraries' warnings and prints) goes to files, the console keeps the
+            # progress and the metrics.
+            log_dir = os.path.join(self.args.output_dir, "logs", f"process-{self.accelerator.process_index}")
             self._envs = make_env_pool(
-                num_workers=self.args.num_envs, step_timeout=self.args.rollout_timeout, **self._env_kwargs()
+                num_workers=self.args.num_envs,
+                step_timeout=self.args.rollout_timeout,
+                log_dir=log_dir,
+                **self._env_kwargs(),
             )
         return self._envs
 
