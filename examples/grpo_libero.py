@@ -48,7 +48,8 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_vla import VLAGRPOConfig, VLAGRPOTrainer
 from trl_vla.envs.libero import make_prompts
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_sft_student
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
+from trl_vla.testing import make_tiny_sft_student
 
 
 @dataclass

@@ -243,7 +243,8 @@ def test_add_norm_stats_stores_the_demos_statistics(tiny_student):
 def test_make_tiny_sft_student_fits_the_demos(tmp_path):
     # The helper the examples and benchmarks start from: the student it writes carries the demos' statistics and
     # greedily reproduces their actions far better than the same untrained model.
-    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_sft_student
+    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy
+    from trl_vla.testing import make_tiny_sft_student
 
     demos = _demos()
     trained = make_tiny_sft_student(

@@ -1,7 +1,7 @@
 """VLA models that emit discrete action tokens, and the policy glue the trainers use."""
 
 from .openvla import OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAImageProcessor, OpenVLAProcessor
-from .tiny import make_tiny_openvla, make_tiny_sft_student
+from .tiny import make_tiny_openvla
 from .vla_policy import VLAPolicy, as_policy, load_vla
 from .vlm_policy import VLMActionConfig, VLMActionProcessor, VLMForActionPrediction, make_tiny_vlm_policy
 
@@ -18,6 +18,5 @@ __all__ = [
     "as_policy",
     "load_vla",
     "make_tiny_openvla",
-    "make_tiny_sft_student",
     "make_tiny_vlm_policy",
 ]
