@@ -21,7 +21,8 @@ the benchmark separates nothing; the default, 8 demonstrations, gives a student 
 episodes, a starting point that each method can improve or damage.
 
 The teacher of the OPD variants is the privileged scripted expert (`ScriptedLiberoExpert`: a discretised Gaussian over
-the bins around its action, in the student's normalised action space). Every method is evaluated greedily (standard
+the bins around its action, in the student's normalised action space, each chunk position labelled at the state the
+executed chunk reached). Every method is evaluated greedily (standard
 protocol, init states `0 .. eval_episodes - 1`) at `num_evals` evenly spaced points of its budget; the student's
 action entropy (nats per action token, temperature 1) is measured at the same points on a fixed probe set (the frames
 of the initial demonstrations), so that all methods are compared on the same states. Evaluation env steps are not
@@ -40,6 +41,11 @@ expert needs about 85); 3 evaluation points x 8 greedy episodes (init states 0-7
 trains 400 steps per point. Measured on the project machine's 2 idle cores: the initial student and the teacher's
 evaluation about 6.5 min, each OPD variant 4.5-5.5 min, GRPO about 4 min, the SFT baseline about 21 min (scripted
 demonstrations render every frame, rollouts only every chunk): about 55 min for all six methods; `--smoke` 7-10 min.
+
+The table below was measured before the teacher's chunk targets became closed-loop (`chunk_targets`), its `sigma`
+moved to controller units, rounds could be split into minibatches and replayed, and evaluations printed Wilson
+intervals; it has not been re-run since. The later sweep of those choices, with 16-episode held-out evaluations and
+the mechanisms behind the failure, is in `docs/opd_cpu_scale.md`: no setting improved the student either.
 
 What it showed (two runs of the defaults, the first cut off after `opd_reverse_kl` and `grpo`, the second running the
 other four; both built the same initial student, 37.5% greedy success, entropy 0.96 nats/token; the teacher succeeds
@@ -448,7 +454,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"Initial student: tiny OpenVLA, SFT on {args.init_demos_per_task} scripted demo(s) per task", flush=True)
     init_demos, probe_obs, probe_instructions = make_initial_student(args, student_path)
     processor = OpenVLAProcessor.from_pretrained(student_path)
-    envs = make_env_pool(num_workers=args.num_envs, image_size=args.image_size)
+    # The scripted teacher labels every action of an executed chunk at the state it ran in (about 2 ms a step).
+    envs = make_env_pool(num_workers=args.num_envs, image_size=args.image_size, record_step_states=True)
     results: dict[str, Any] = {"settings": vars(args), "methods": {}}
     try:
         probe = Probe(args, envs, probe_obs, probe_instructions, processor)

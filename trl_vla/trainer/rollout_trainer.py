@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -349,21 +350,25 @@ class RolloutTrainerMixin:
 
         rows = [dict(p) for p in prompts for _ in range(num_generations)]
         prompt_ds = datasets.Dataset.from_list([{c: r[c] for c in PROMPT_COLUMNS} for r in rows])
-        with unwrap_model_for_generation(
-            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
-        ) as unwrapped:
-            was_training = unwrapped.training
-            unwrapped.eval()
-            rollout = collect_rollouts(
-                self._student_policy(unwrapped),
-                self.envs,
-                prompt_ds,
-                temperature=temperature,
-                max_episode_steps=self.args.max_episode_steps,
-                open_loop_steps=self.args.open_loop_steps,
-                progress=False,
-            )
-            unwrapped.train(was_training)
+        with warnings.catch_warnings():
+            # TRL 1.16 reads the deprecated `is_gradient_checkpointing` when entering and leaving this context: the
+            # FutureWarning is TRL's, not the user's.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            with unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            ) as unwrapped:
+                was_training = unwrapped.training
+                unwrapped.eval()
+                rollout = collect_rollouts(
+                    self._student_policy(unwrapped),
+                    self.envs,
+                    prompt_ds,
+                    temperature=temperature,
+                    max_episode_steps=self.args.max_episode_steps,
+                    open_loop_steps=self.args.open_loop_steps,
+                    progress=False,
+                )
+                unwrapped.train(was_training)
         return rollout
 
     def _log_rollout_metrics(self, rollout: Any, rollout_time: float, mode: str) -> None:
