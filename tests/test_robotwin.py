@@ -15,6 +15,7 @@ import torch
 
 from trl_vla import ActionTokenizer, normalize_actions, unnormalize_actions
 from trl_vla.envs import robotwin
+from trl_vla.envs.base import PROMPT_COLUMNS
 from trl_vla.envs.robotwin import (
     ROBOTWIN_ACTION_DIM,
     ROBOTWIN_CHUNK_SIZE,
@@ -35,7 +36,7 @@ from trl_vla.envs.robotwin import (
     to_robotwin_action,
 )
 from trl_vla.losses import LOSSES
-from trl_vla.trainer.rollout_trainer import PROMPT_COLUMNS, check_prompts_dataset
+from trl_vla.trainer.rollout_trainer import check_prompts_dataset
 
 
 torch.set_num_threads(1)

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .envs.base import PROMPT_COLUMNS, SimulationError
+
 
 __all__ = [
     "EnvReply",
@@ -47,17 +49,12 @@ __all__ = [
     "save_video",
 ]
 
-PROMPT_COLUMNS = ("suite", "task_id", "init_state_id", "instruction")
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Worker processes
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 def _is_simulation_fault(err: BaseException) -> bool:
-    from .envs.libero import SimulationError
-
     return isinstance(err, SimulationError) or type(err).__module__.split(".")[0] == "mujoco"
 
 

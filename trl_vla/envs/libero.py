@@ -34,6 +34,7 @@ import datasets
 import gymnasium as gym
 import numpy as np
 
+from .base import SimulationError
 from .libero_setup import benchmark_suite, renderer_error
 from .libero_state import LIBERO_SUITES, extract_privileged_state
 
@@ -70,10 +71,6 @@ WAIT_ACTION = np.array([0.0] * 6 + [-1.0], dtype=np.float32)
 ACTION_DIM = 7
 PROPRIO_DIM = 8
 _AGENT_CAMERA, _WRIST_CAMERA = "agentview", "robot0_eye_in_hand"
-
-
-class SimulationError(RuntimeError):
-    """The simulation became invalid (NaN state, MuJoCo instability); the episode cannot be trusted."""
 
 
 def _benchmark_suite(suite: str) -> Any:

@@ -66,6 +66,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from .base import SimulationError
+
 
 __all__ = [
     "ROBOTWIN_ACTION_DIM",
@@ -836,8 +838,6 @@ class RoboTwinEnv(gym.Env):
         except Exception as err:
             # Our inputs were checked above, so this is RoboTwin failing (planner, physics, renderer): a simulator fault
             # that the rollout pool counts as such (it rebuilds the environment), not a policy failure.
-            from .libero import SimulationError
-
             self._episode_over = True
             raise SimulationError(
                 f"RoboTwin failed in {self.task_name} (scene seed {self.scene_seed}, action {self._elapsed}): "

@@ -23,10 +23,8 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import RepeatSampler, identity, shuffle_sequence_dict
 
+from ..envs.base import PROMPT_COLUMNS
 from .model_card import write_model_card
-
-
-PROMPT_COLUMNS = ("suite", "task_id", "init_state_id", "instruction")
 
 
 @dataclass
