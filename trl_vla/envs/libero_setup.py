@@ -25,6 +25,7 @@ import io
 import os
 import sys
 import tempfile
+import types
 from typing import Any
 
 
@@ -155,6 +156,15 @@ def setup_libero() -> dict[str, str]:
     """
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    # robosuite warns in three lines on every import (every worker) that it has no private macro file, whose role is
+    # to override its defaults; we use the defaults, so an empty one stands in. A user's own file still wins.
+    robosuite = _package_dir("robosuite")
+    if (
+        "robosuite" not in sys.modules
+        and robosuite
+        and not os.path.exists(os.path.join(robosuite, "macros_private.py"))
+    ):
+        sys.modules["robosuite.macros_private"] = types.ModuleType("robosuite.macros_private")
 
     libero_root = _package_dir("libero.libero")
     if libero_root is None:
