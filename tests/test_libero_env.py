@@ -191,6 +191,23 @@ def test_step_states_are_the_states_after_each_step(env):
         env.record_step_states = False
 
 
+def test_recorded_episodes_have_a_frame_per_step(env):
+    actions = np.random.default_rng(2).uniform(-0.5, 0.5, (5, 7))
+    obs, _ = env.reset(options={"init_state_id": 1, "record_frames": True})
+    renders = env.num_renders
+    chunk_obs, _, _, _, info = env.step(actions)
+    frames = info["step_frames"]
+    assert len(frames) == info["env_steps"] == 5 and env.num_renders - renders == 5
+    np.testing.assert_array_equal(frames[-1], chunk_obs["image"])
+    assert frames[0].shape == obs["image"].shape and not np.array_equal(frames[0], frames[-1])
+    # The frames are the ones stepping one action at a time gives.
+    env.reset(options={"init_state_id": 1})
+    for k, action in enumerate(actions):
+        single, _, _, _, single_info = env.step(action)
+        np.testing.assert_array_equal(frames[k], single["image"], err_msg=f"step {k}")
+        assert "step_frames" not in single_info  # only for episodes reset with record_frames
+
+
 def test_truncation_counts_env_steps(env):
     env.reset(options={"init_state_id": 0})
     limit, env.max_episode_steps = env.max_episode_steps, 12

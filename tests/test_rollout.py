@@ -318,3 +318,18 @@ def test_worker_output_goes_to_its_log(tmp_path, capfd):
         assert line in log and line not in out + err  # in the worker's log, not on the console
     # robosuite's import-time macro warning and LIBERO's print while building a suite are gone altogether.
     assert not any(noise in out + err + log for noise in ("No private macro file", "using task orders"))
+
+
+@pytest.mark.slow
+def test_video_episodes_have_a_frame_per_env_step(pool):
+    prompts = make_prompts(SUITE, task_ids=[0], init_state_ids=[0, 1])
+    batch = collect_rollouts(
+        ImagePolicy(), pool, prompts, temperature=0.0, max_episode_steps=20, progress=False, video_episodes=[0]
+    )
+    steps = batch.env_steps.tolist()
+    decisions = batch.mask.sum(1).tolist()
+    assert batch.frames(0).shape[0] == steps[0] + 1  # the reset's frame, then one per env step
+    assert batch.frames(1).shape[0] == decisions[1] + 1  # one per decision, then the final observation
+    np.testing.assert_array_equal(batch.frames(0)[0], batch.observations[0][0]["image"])
+    np.testing.assert_array_equal(batch.frames(0)[-1], batch.final_observations[0]["image"])
+    assert batch.video_frames[1] is None

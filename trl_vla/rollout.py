@@ -31,7 +31,7 @@ import sys
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -459,7 +459,8 @@ class RolloutBatch:
     0 when the simulator faulted on it).
     Per episode: `prompts[e]` (suite, task_id, init_state_id, instruction), `instructions[e]` (what the policy was
     given), `success`, `fault` (the simulator failed: not a policy failure) with `fault_messages`, `env_steps`,
-    `final_observations[e]` (after the last chunk; `None` for a fault).
+    `final_observations[e]` (after the last chunk; `None` for a fault), `video_frames[e]` (every env step's agent
+    view of the episodes recorded for video, else `None`).
     """
 
     prompts: list[dict[str, Any]]
@@ -475,6 +476,7 @@ class RolloutBatch:
     fault_messages: list[str]
     env_steps: torch.Tensor
     final_observations: list[dict[str, Any] | None]
+    video_frames: list[list[np.ndarray] | None] | None = None
     wall_time: float = 0.0
     policy_time: float = 0.0
     env_time: float = 0.0
@@ -531,7 +533,12 @@ class RolloutBatch:
         return action_of_token.unsqueeze(0) < executed.unsqueeze(1)
 
     def frames(self, episode: int, key: str = "image") -> np.ndarray:
-        """The camera frames of an episode, `[N, H, W, 3]` uint8: one per decision, then the final observation."""
+        """The camera frames of an episode, `[N, H, W, 3]` uint8: for an episode in `collect_rollouts`'s
+        `video_episodes`, the agent view at the reset and after every env step; otherwise one per decision, then the
+        final observation."""
+        recorded = self.video_frames[episode] if self.video_frames is not None else None
+        if recorded and key == "image":
+            return np.stack(recorded)
         observations = list(self.observations[episode])
         if self.final_observations[episode] is not None:
             observations.append(self.final_observations[episode])
@@ -605,6 +612,7 @@ class _Episode:
         self.success = False
         self.fault = ""
         self.final_observation: dict[str, Any] | None = None
+        self.video_frames: list[np.ndarray] | None = None  # every env step's frame, for episodes recorded for video
 
 
 def _observation(obs: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
@@ -657,6 +665,7 @@ def collect_rollouts(
     max_episode_steps: int | None = None,
     open_loop_steps: int | None = None,
     progress: bool = True,
+    video_episodes: Collection[int] = (),
 ) -> RolloutBatch:
     """Run one episode per prompt with `policy` acting in the pool's environments.
 
@@ -676,6 +685,8 @@ def collect_rollouts(
         max_episode_steps: Cap on environment steps per episode, on top of the environment's own limit.
         open_loop_steps: Actions of each chunk to execute before the next decision (default: the whole chunk).
         progress: Show a tqdm progress bar.
+        video_episodes: Episodes (prompt indices) rendered at every env step, so that `RolloutBatch.frames` gives a
+            frame per step for their videos (the others are rendered only at decisions: about 160 ms a frame here).
 
     Returns:
         A `RolloutBatch`, episodes in prompt order.
@@ -731,6 +742,8 @@ def collect_rollouts(
                     options = {"suite": row["suite"], "task_id": row["task_id"], "init_state_id": row["init_state_id"]}
                     if seed is not None:
                         options["seed"] = seed + e
+                    if e in video_episodes:
+                        options["record_frames"] = True
                     commands[env_index] = ("reset", options)
             if waiting:
                 order = sorted(waiting)
@@ -775,12 +788,16 @@ def collect_rollouts(
                     obs, info = reply.value
                     episode.instruction = info.get("instruction", episode.instruction)
                     waiting[env_index] = _observation(obs, info)
+                    if current[env_index] in video_episodes:
+                        episode.video_frames = [obs["image"]]
                     continue
                 obs, _, terminated, truncated, info = reply.value
                 executed = int(info.get("env_steps", len(commands[env_index][1])))
                 episode.executed_actions.append(executed)
                 if "step_privileged_states" in info:
                     _record_chunk_states(episode.observations[-1], info["step_privileged_states"])
+                if episode.video_frames is not None and "step_frames" in info:
+                    episode.video_frames.extend(info["step_frames"])
                 episode.env_steps += executed
                 episode.success = bool(info.get("success", terminated))
                 capped = max_episode_steps is not None and episode.env_steps >= max_episode_steps
@@ -826,6 +843,7 @@ def _batch(episodes: list[_Episode], policy: Any, wall_time: float, policy_time:
         fault_messages=[e.fault for e in episodes],
         env_steps=torch.tensor([e.env_steps for e in episodes], dtype=torch.long),
         final_observations=[e.final_observation for e in episodes],
+        video_frames=[e.video_frames for e in episodes],
         wall_time=wall_time,
         policy_time=policy_time,
         env_time=env_time,

@@ -238,6 +238,7 @@ class LiberoEnv(gym.Env):
         self._cameras = [_AGENT_CAMERA] + ([_WRIST_CAMERA] if wrist_camera else [])
         self._render_cameras = True
         self._frames: dict[str, np.ndarray] = {}
+        self._record_frames = False
         self._last_obs: dict[str, np.ndarray] | None = None
         self._elapsed = 0
         self._episode_over = True
@@ -319,8 +320,10 @@ class LiberoEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Start an episode: restore a fixed init state, then run the wait steps.
 
-        `options` may hold `init_state_id` (default: drawn with the env's RNG), and `suite` / `task_id` to switch
-        task (the MuJoCo model is rebuilt only when the task changes).
+        `options` may hold `init_state_id` (default: drawn with the env's RNG), `suite` / `task_id` to switch
+        task (the MuJoCo model is rebuilt only when the task changes), and `record_frames=True` to render the agent
+        view at every step of this episode (`info["step_frames"]` of each `step`, for videos; by default only the
+        frame a decision is made on is rendered).
         """
         super().reset(seed=seed)
         options = dict(options or {})
@@ -336,6 +339,7 @@ class LiberoEnv(gym.Env):
                 f"states 0..{len(self.init_states) - 1}."
             )
         self.init_state_id = int(init_state_id)
+        self._record_frames = bool(options.get("record_frames", False))
 
         self._render_cameras = False
         # LIBERO re-samples the fixture placements (cabinets, stoves: model body poses, not part of the init state)
@@ -382,14 +386,16 @@ class LiberoEnv(gym.Env):
             raise ValueError("The action contains NaN or inf.")
         num = min(len(actions), self.max_episode_steps - self._elapsed)
         success, raw = False, None
-        step_states = []
+        step_states, frames = [], []
         for i in range(num):
-            self._render_cameras = i == num - 1
+            self._render_cameras = self._record_frames or i == num - 1
             raw, _, done, _ = self._env.step(actions[i])
             self._elapsed += 1
             self._check_finite()
             if self.record_step_states:
                 step_states.append(extract_privileged_state(self._env))
+            if self._record_frames:
+                frames.append(libero_observation(raw, False)["image"])
             if done:
                 success = True
                 if i < num - 1:  # stopped early: this step ran without the camera
@@ -403,6 +409,8 @@ class LiberoEnv(gym.Env):
         info = self._info(success=success, env_steps=num, privileged_state=step_states[-1] if step_states else None)
         if self.record_step_states:
             info["step_privileged_states"] = step_states
+        if self._record_frames:
+            info["step_frames"] = frames
         return obs, float(success), success, truncated, info
 
     def render(self) -> np.ndarray:

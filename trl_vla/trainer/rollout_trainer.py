@@ -343,7 +343,9 @@ class RolloutTrainerMixin:
             )
         return logits, action_token_ids
 
-    def _rollout(self, prompts: list[dict[str, Any]], temperature: float, num_generations: int):
+    def _rollout(
+        self, prompts: list[dict[str, Any]], temperature: float, num_generations: int, video_episodes: Any = ()
+    ):
         from ..rollout import collect_rollouts
 
         rows = [dict(p) for p in prompts for _ in range(num_generations)]
@@ -365,6 +367,7 @@ class RolloutTrainerMixin:
                     max_episode_steps=self.args.max_episode_steps,
                     open_loop_steps=self.args.open_loop_steps,
                     progress=False,
+                    video_episodes=video_episodes,
                 )
                 unwrapped.train(was_training)
         return rollout
@@ -409,7 +412,9 @@ class RolloutTrainerMixin:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         shard = [dataset[i] for i in range(rank, len(dataset), world)]
         start = time.perf_counter()
-        rollout = self._rollout(shard, temperature=0.0, num_generations=1) if shard else None
+        # The episodes saved as videos are rendered at every env step (the others at decisions only).
+        videos = range(self.args.num_videos) if self.accelerator.is_main_process else ()
+        rollout = self._rollout(shard, temperature=0.0, num_generations=1, video_episodes=videos) if shard else None
         successes = rollout.successes().tolist() if rollout is not None else []
         all_successes = gather_object(successes)
         metrics = {
