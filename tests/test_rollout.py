@@ -333,3 +333,21 @@ def test_video_episodes_have_a_frame_per_env_step(pool):
     np.testing.assert_array_equal(batch.frames(0)[0], batch.observations[0][0]["image"])
     np.testing.assert_array_equal(batch.frames(0)[-1], batch.final_observations[0]["image"])
     assert batch.video_frames[1] is None
+
+
+@pytest.mark.slow
+def test_in_process_pool_times_out_a_hung_step():
+    import time as _time
+
+    with LiberoEnvPool(num_workers=0, image_size=32) as envs:
+        reset = {"suite": SUITE, "task_id": 0, "init_state_id": 0}
+        assert not envs.run({0: ("reset", reset)})[0].fault
+        envs.step_timeout = 2.0
+        envs._local.env.step = lambda action: _time.sleep(60)  # the simulator hangs
+        start = _time.monotonic()
+        reply = envs.run({0: ("step", WAIT_ACTION)})[0]
+        assert reply.fault and reply.message == "no reply within step_timeout=2 s"
+        assert _time.monotonic() - start < 10
+        assert envs._local.env is None  # dropped: the next reset builds a fresh environment
+        envs.step_timeout = 300.0
+        assert not envs.run({0: ("reset", reset)})[0].fault

@@ -58,6 +58,34 @@ def _is_simulation_fault(err: BaseException) -> bool:
     return isinstance(err, SimulationError) or type(err).__module__.split(".")[0] == "mujoco"
 
 
+class _StepTimeout(BaseException):
+    """An in-process command ran past `step_timeout` (a `BaseException`, so that no `except Exception` in the
+    simulator's own code swallows it)."""
+
+
+@contextlib.contextmanager
+def _step_deadline(seconds: float):
+    """Interrupt the block with `_StepTimeout` after `seconds` (SIGALRM): the in-process pool's equivalent of the
+    worker pool's step timeout. Only the main thread receives signals (elsewhere the block runs unbounded), and Python
+    handles a signal between bytecodes: a hang inside one C call is interrupted when that call returns."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _StepTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class _EnvHost:
     """Owns one environment (in a worker process, or in-process) and executes the pool's commands on it."""
 
@@ -258,8 +286,8 @@ class LiberoEnvPool:
     """Persistent simulator workers, one environment each, driven by `collect_rollouts`.
 
     Args:
-        num_workers: Worker processes (= parallel environments). `0` runs one environment in this process (no fault
-            isolation or timeouts; for debugging and profiling).
+        num_workers: Worker processes (= parallel environments). `0` runs one environment in this process (for
+            debugging and profiling: no isolation from crashes, but the same step timeout, from the main thread).
         step_timeout: Seconds one command (a reset, which may rebuild the task, or one action chunk) may take before
             the worker is presumed hung, killed and replaced, and its episode reported as a fault.
         start_timeout: Seconds a (re)started worker may take to import its libraries.
@@ -385,7 +413,11 @@ class LiberoEnvPool:
 
     def _run_local(self, command: tuple[str, Any]) -> EnvReply:
         try:
-            return EnvReply(self._local.execute(*command))
+            with _step_deadline(self.step_timeout):
+                return EnvReply(self._local.execute(*command))
+        except _StepTimeout:
+            self._local.drop_env()  # interrupted mid-step: the simulation cannot be trusted
+            return EnvReply(fault=True, message=f"no reply within step_timeout={self.step_timeout:.0f} s")
         except Exception as err:
             if not _is_simulation_fault(err):
                 raise
