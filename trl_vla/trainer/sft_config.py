@@ -1,5 +1,6 @@
 from dataclasses import dataclass, field
 
+import torch
 from trl import SFTConfig
 
 
@@ -54,3 +55,5 @@ class VLASFTConfig(SFTConfig):
         super().__post_init__()
         if self.chunk_padding not in CHUNK_PADDINGS:
             raise ValueError(f"`chunk_padding` must be one of {list(CHUNK_PADDINGS)}, got {self.chunk_padding!r}.")
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin to on CPU, and torch warns about it
