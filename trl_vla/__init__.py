@@ -7,8 +7,8 @@ without paying for trl, transformers and peft (about 15 s of a worker's start on
 import importlib
 from typing import TYPE_CHECKING
 
+from .version import __version__  # noqa: F401  (re-exported: `trl_vla.__version__`)
 
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "ActionSpace": "action_tokenizer",

@@ -37,7 +37,7 @@ def _fmt(entry: dict[str, float] | None) -> str:
 
 def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> str:
     """Render the card of `trainer` (a `VLAOPDTrainer`-like trainer) to `output_dir/README.md`; returns its path."""
-    from .. import __version__
+    from ..version import __version__
 
     args = trainer.args
     out = args.output_dir
