@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trl_vla import ActionTokenizer, compute_norm_stats
+from trl_vla import ActionTokenizer, VLAGRPOConfig, VLAOPDConfig, compute_norm_stats
 from trl_vla.trainer.sft_config import VLASFTConfig
 from trl_vla.trainer.sft_trainer import build_chunk_targets, tokenize_demonstrations
 
@@ -272,3 +272,11 @@ def test_make_tiny_sft_student_fits_the_demos(tmp_path):
     wide = {"action": {**compute_norm_stats(demos)["action"], "q01": [-2.0] * 7, "q99": [2.0] * 7}}
     path = make_tiny_sft_student(str(tmp_path / "wide"), None, "demo", norm_stats=wide, chunk_size=2, image_size=32)
     assert OpenVLAForActionPrediction.from_pretrained(path).config.norm_stats["demo"]["action"]["q99"] == [2.0] * 7
+
+
+@pytest.mark.parametrize("config_class", [VLASFTConfig, VLAOPDConfig, VLAGRPOConfig])
+def test_configs_run_float32_on_cpu_unless_asked(config_class, tmp_path):
+    # TRL's bf16 default would run every CPU forward under bf16 autocast: not the numbers a model was evaluated with.
+    default = config_class(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert default.bf16 is False and default.dataloader_pin_memory is False
+    assert config_class(output_dir=str(tmp_path), use_cpu=True, report_to="none", bf16=True).bf16 is True

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 from trl.trainer.base_config import _BaseConfig
 
+from .device_defaults import apply_device_defaults
 from .rollout_trainer import RolloutArguments
 
 
@@ -21,6 +22,9 @@ class VLAGRPOConfig(RolloutArguments, GRPOConfig):
     action token it executed. The student is then updated on the buffered steps (`num_iterations` passes of
     `num_minibatches` optimizer steps, each minibatch split into `gradient_accumulation_steps` micro-batches), with the
     PPO-style clipped ratio against the log-probabilities recorded at sampling time, no critic and no reference model.
+
+    Unlike TRL's configs, `bf16` left unset means float32 on CPU (bf16 on CUDA), and `dataloader_pin_memory` is off
+    without CUDA (see `trl_vla.trainer.device_defaults`).
 
     Of [`trl.GRPOConfig`]'s own fields these apply: `temperature` (sampling and loss), `epsilon`, `epsilon_high`,
     `scale_rewards`, `num_generations`, `num_iterations`, `shuffle_dataset`, `model_init_kwargs`,
@@ -96,6 +100,7 @@ class VLAGRPOConfig(RolloutArguments, GRPOConfig):
         # `GRPOConfig.__post_init__` derives a text-generation batch from `per_device_train_batch_size` and checks it
         # against `num_generations`; rollouts are sized by `prompts_per_step` instead (checked below), so only the
         # common TRL/transformers set-up runs.
+        apply_device_defaults(self)
         _BaseConfig.__post_init__(self)
         self.scale_rewards = {True: "group", False: "none", "true": "group", "false": "none"}.get(
             self.scale_rewards, self.scale_rewards

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from trl import DistillationConfig
 
 from ..losses import LOSSES
+from .device_defaults import apply_device_defaults
 from .rollout_trainer import RolloutArguments
 
 
@@ -19,6 +20,9 @@ class VLAOPDConfig(RolloutArguments, DistillationConfig):
     buffered steps: `num_iterations` passes over the shuffled buffer, each pass `num_minibatches` optimizer steps on
     disjoint minibatches, each minibatch split into `gradient_accumulation_steps` micro-batches. `temperature` is used
     in the loss, and for sampling unless `rollout_temperature` is set.
+
+    Unlike TRL's configs, `bf16` left unset means float32 on CPU (bf16 on CUDA), and `dataloader_pin_memory` is off
+    without CUDA (see `trl_vla.trainer.device_defaults`).
 
     > Parameters that control the rollouts (shared with the other rollout trainers)
 
@@ -113,6 +117,7 @@ class VLAOPDConfig(RolloutArguments, DistillationConfig):
     )
 
     def __post_init__(self):
+        apply_device_defaults(self)
         super().__post_init__()
         self._check_rollout_arguments()
         if self.loss_type not in LOSSES:

@@ -70,9 +70,6 @@ class RolloutArguments:
             )
         if self.open_loop_steps is not None and self.open_loop_steps < 1:
             raise ValueError(f"`open_loop_steps` must be positive, got {self.open_loop_steps}.")
-        if self.dataloader_pin_memory and not torch.cuda.is_available():
-            # The dataloader yields prompts (strings and ids): nothing to pin, and torch warns about it every round.
-            self.dataloader_pin_memory = False
 
 
 class RolloutProgress(TrainerCallback, ExportableState):

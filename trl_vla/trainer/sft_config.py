@@ -1,7 +1,8 @@
 from dataclasses import dataclass, field
 
-import torch
 from trl import SFTConfig
+
+from .device_defaults import apply_device_defaults
 
 
 CHUNK_PADDINGS = ("mask", "repeat")
@@ -17,6 +18,9 @@ class VLASFTConfig(SFTConfig):
     `completion_only_loss`, `assistant_only_loss`, `dataset_text_field`, chat templates, ...) have no effect, since
     the targets are the action tokens of each demonstration frame, not text. `loss_type` keeps its meaning: `"nll"`
     (cross-entropy) or `"dft"` (the cross-entropy of each token weighted by its detached probability).
+
+    Unlike TRL's configs, `bf16` left unset means float32 on CPU (bf16 on CUDA), and `dataloader_pin_memory` is off
+    without CUDA (see `trl_vla.trainer.device_defaults`).
 
     > Parameters that control the targets
 
@@ -52,8 +56,7 @@ class VLASFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        apply_device_defaults(self)
         super().__post_init__()
         if self.chunk_padding not in CHUNK_PADDINGS:
             raise ValueError(f"`chunk_padding` must be one of {list(CHUNK_PADDINGS)}, got {self.chunk_padding!r}.")
-        if self.dataloader_pin_memory and not torch.cuda.is_available():
-            self.dataloader_pin_memory = False  # nothing to pin to on CPU, and torch warns about it
