@@ -92,7 +92,8 @@ class ScriptArguments:
         default="closed_loop",
         metadata={
             "help": "What the scripted teacher scores chunk position k against: closed_loop (its own action at the "
-            "state the executed chunk reached) or plan (its open-loop plan from the decision's state)."
+            "state the executed chunk reached), lookahead (the k-th action of the chunk it would execute itself from "
+            "the decision's state, simulated ahead) or plan (its open-loop plan from the decision's state)."
         },
     )
 

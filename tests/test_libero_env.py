@@ -191,6 +191,49 @@ def test_step_states_are_the_states_after_each_step(env):
         env.record_step_states = False
 
 
+def test_lookahead_is_the_policy_own_chunk_and_leaves_the_episode_untouched(env):
+    from trl_vla.teachers.scripted_libero import expert_action
+
+    chunks = np.random.default_rng(3).uniform(-0.8, 0.8, (3, 4, 7))
+    chunks[..., 6] = np.sign(chunks[..., 6])
+
+    def episode(lookahead):
+        env.lookahead_policy, env.lookahead_steps = (expert_action, 6) if lookahead else (None, 0)
+        obs, info = env.reset(options={"init_state_id": 4})
+        observations, lookaheads = [obs], [info.get("lookahead_actions")]
+        for chunk in chunks:
+            obs, _, _, _, info = env.step(chunk)
+            observations.append(obs)
+            lookaheads.append(info.get("lookahead_actions"))
+        return observations, lookaheads, info["privileged_state"]
+
+    try:
+        with_lookahead, lookaheads, state = episode(True)
+        without, none, state_without = episode(False)
+        # Simulating ahead and restoring changes nothing the student sees or the simulator does afterwards.
+        for a, b in zip(with_lookahead, without):
+            _assert_same_obs(a, b)
+        for key in state:
+            np.testing.assert_array_equal(state[key], state_without[key], err_msg=key)
+        assert all(x is None for x in none) and all(x.shape == (6, 7) for x in lookaheads)
+        # The lookahead is what the expert then executes, step by step, from the decision's state.
+        env.lookahead_policy, env.lookahead_steps = expert_action, 6
+        _, info = env.reset(options={"init_state_id": 4})
+        expected = info["lookahead_actions"]
+        env.lookahead_policy, env.lookahead_steps = None, 0
+        for k in range(6):
+            action = expert_action(info["privileged_state"])
+            np.testing.assert_allclose(action, expected[k], atol=1e-6, err_msg=f"step {k}")
+            _, _, _, _, info = env.step(action)
+    finally:
+        env.lookahead_policy, env.lookahead_steps = None, 0
+
+
+def test_lookahead_arguments_go_together():
+    with pytest.raises(ValueError, match="lookahead_policy"):
+        LiberoEnv(SUITE, TASK, lookahead_steps=8)
+
+
 def test_recorded_episodes_have_a_frame_per_step(env):
     actions = np.random.default_rng(2).uniform(-0.5, 0.5, (5, 7))
     obs, _ = env.reset(options={"init_state_id": 1, "record_frames": True})

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import datasets
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from trl_vla import ActionTokenizer, VLAOPDConfig, VLAOPDTrainer, select_norm_st
 from trl_vla.envs.libero import make_prompts
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
 from trl_vla.teachers import ScriptedLiberoExpert
+from trl_vla.teachers.scripted_libero import expert_action
 from trl_vla.trainer.learning_curve import learning_curve_series
 
 
@@ -218,6 +220,25 @@ def test_replay_minibatches_and_closed_loop_scoring(student_path, tmp_path):
     planned = ScriptedLiberoExpert(SUITE, action_space=teacher.action_space, chunk_targets="plan")
     plans = planned.action_logits(planned.build_inputs(observations))
     assert torch.equal(closed[:, :7], plans[:, :7]) and not torch.equal(closed, plans)
+
+
+@pytest.mark.slow
+def test_lookahead_scoring_builds_simulating_envs(student_path, tmp_path):
+    """A teacher with a `lookahead_policy` gets environments that simulate it ahead of every decision; its targets are
+    the simulated chunks, and the student's inputs keep none of it."""
+    model = OpenVLAForActionPrediction.from_pretrained(student_path)
+    teacher = ScriptedLiberoExpert(SUITE, action_space=model.action_space, chunk_targets="lookahead")
+    trainer = _trainer(student_path, tmp_path, teacher=teacher, max_episode_steps=16)
+    kwargs = trainer._env_kwargs()
+    assert kwargs["lookahead_policy"] is expert_action and kwargs["lookahead_steps"] == model.action_space.chunk_size
+    assert "record_step_states" not in kwargs
+    observations = trainer._rollout(list(trainer.train_dataset)[:1], 1.0, 1).steps()["observations"]
+    targets = teacher.target_actions(teacher.build_inputs(observations))
+    np.testing.assert_array_equal(targets, np.stack([obs["lookahead_actions"] for obs in observations]))
+    np.testing.assert_allclose(targets[0, 0], expert_action(observations[0]["privileged_state"]), atol=1e-6)
+    trainer.model.train()
+    scored = trainer._generate_and_score_completions(list(trainer.train_dataset))
+    assert not any(k in obs for obs in scored["observations"] for k in ("privileged_state", "lookahead_actions"))
 
 
 @pytest.mark.slow

@@ -207,6 +207,25 @@ def test_closed_loop_targets_label_each_executed_action_at_its_state(spatial_sta
     assert not ScriptedLiberoExpert("libero_spatial").needs_step_states  # chunk 1: nothing to label in between
 
 
+def test_lookahead_targets_are_the_simulated_chunk(spatial_state):
+    space = ActionSpace(action_dim=7, chunk_size=4)
+    expert = ScriptedLiberoExpert("libero_spatial", action_space=space, chunk_targets="lookahead")
+    assert expert.lookahead_policy is expert_action and not expert.needs_step_states
+    assert ScriptedLiberoExpert("libero_spatial", action_space=space).lookahead_policy is None  # closed_loop
+    assert ScriptedLiberoExpert("libero_spatial", chunk_targets="lookahead").lookahead_policy is None  # chunk 1
+    lookahead = np.linspace(-0.5, 0.5, 28, dtype=np.float32).reshape(4, 7)
+    (query,) = expert.build_inputs([{"privileged_state": spatial_state, "lookahead_actions": lookahead}])
+    np.testing.assert_array_equal(expert.target_actions([query])[0], lookahead)
+    # the teacher's most likely bin is the simulated action's bin, at every chunk position
+    tokenizer = ActionTokenizer.from_action_space(space)
+    columns = tokenizer.token_ids_to_columns(
+        torch.from_numpy(tokenizer.encode(normalize_actions(lookahead, expert.norm_stats)))
+    ).reshape(-1)
+    assert torch.equal(expert.action_logits([query])[0].argmax(-1), columns)
+    with pytest.raises(ValueError, match="lookahead_policy=expert_action"):
+        expert.action_logits(expert.build_inputs([{"privileged_state": spatial_state}]))
+
+
 def test_unsupported_tasks_are_refused(spatial_state):
     assert supported_tasks("libero_object") == tuple(range(10))
     assert supported_tasks("libero_10") == ()

@@ -647,10 +647,13 @@ class _Episode:
         self.video_frames: list[np.ndarray] | None = None  # every env step's frame, for episodes recorded for video
 
 
+_TEACHER_INFO_KEYS = ("privileged_state", "lookahead_actions")
+
+
 def _observation(obs: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
-    if "privileged_state" in info:
-        return {**obs, "privileged_state": info["privileged_state"]}
-    return dict(obs)
+    """The observation a decision is made on, with what a privileged teacher scores it from (`privileged_state`,
+    and `lookahead_actions` from environments that simulate a policy ahead)."""
+    return {**obs, **{key: info[key] for key in _TEACHER_INFO_KEYS if key in info}}
 
 
 def _record_chunk_states(observation: dict[str, Any], step_states: Sequence[Mapping[str, np.ndarray]]) -> None:

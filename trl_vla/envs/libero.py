@@ -27,7 +27,7 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -174,6 +174,59 @@ def libero_observation(raw: dict[str, np.ndarray], wrist_camera: bool = False) -
 _RENDERER_ERROR = re.compile(r"egl|osmesa|opengl|glfw|gl context|display", re.IGNORECASE)
 
 
+class _SimSnapshot:
+    """Everything a LIBERO step reads or writes besides the images: MuJoCo's integration state (with the solver's
+    warm start, so the continuation is bit-identical), robosuite's clocks, the observables' sampling timers and last
+    values, and each robot's controller goal and smoothed gripper command."""
+
+    def __init__(self, env: Any):
+        import mujoco
+
+        self._env = env
+        sim = env.sim
+        self._model, self._data = sim.model._model, sim.data._data
+        self._spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        self._physics = np.empty(mujoco.mj_stateSize(self._model, self._spec))
+        mujoco.mj_getState(self._model, self._data, self._physics, self._spec)
+        robosuite_env = env.env
+        self._clock = (robosuite_env.timestep, robosuite_env.cur_time)
+        self._observables = {
+            name: _copy_attributes(
+                observable, ("_time_since_last_sample", "_current_delay", "_current_observed_value", "_sampled")
+            )
+            for name, observable in robosuite_env._observables.items()
+        }
+        self._robots = [
+            (
+                _copy_attributes(robot.controller, ("goal_pos", "goal_ori", "relative_ori", "ori_ref", "torques")),
+                np.copy(robot.gripper.current_action),
+            )
+            for robot in robosuite_env.robots
+        ]
+
+    def restore(self) -> None:
+        import mujoco
+
+        mujoco.mj_setState(self._model, self._data, self._physics, self._spec)
+        mujoco.mj_forward(self._model, self._data)
+        robosuite_env = self._env.env
+        robosuite_env.timestep, robosuite_env.cur_time = self._clock
+        for name, values in self._observables.items():
+            robosuite_env._observables[name].__dict__.update(values)
+        for robot, (controller, gripper) in zip(robosuite_env.robots, self._robots):
+            robot.controller.__dict__.update(controller)
+            robot.gripper.current_action = gripper
+
+
+def _copy_attributes(obj: Any, names: Sequence[str]) -> dict[str, Any]:
+    return {
+        name: np.copy(value) if isinstance(value, np.ndarray) else value
+        for name in names
+        if hasattr(obj, name)
+        for value in [getattr(obj, name)]
+    }
+
+
 class LiberoEnv(gym.Env):
     """One LIBERO task as a `gymnasium.Env` with the OpenVLA evaluation protocol built in.
 
@@ -189,6 +242,13 @@ class LiberoEnv(gym.Env):
         record_step_states: Also return the privileged state after every step of a chunk
             (`info["step_privileged_states"]`), not only after its last one: what a privileged teacher needs to label
             every action of an executed chunk with its own closed-loop action (about 2 ms a step, no rendering).
+        lookahead_policy: A privileged policy `policy(privileged_state) -> action [7]` (e.g.
+            `trl_vla.teachers.scripted_libero.expert_action`; picklable, for simulator workers). At every decision
+            state, the environment runs it `lookahead_steps` steps ahead in its own simulator, without rendering, and
+            then restores the exact state: `info["lookahead_actions"]` (`[lookahead_steps, 7]`) is the chunk that
+            policy would execute from here (the last action repeated after an early success). This is the label of a
+            chunked student that a demonstration of that policy would give at this state.
+        lookahead_steps: Length of the lookahead (the student's chunk size).
 
     Observations are dicts: `image` (`[H, W, 3]` uint8, agent view rotated 180 degrees), `wrist_image` (when
     enabled), `proprio` (`[8]` float32: end-effector position, axis-angle orientation, two gripper finger positions).
@@ -214,12 +274,21 @@ class LiberoEnv(gym.Env):
         num_wait_steps: int = NUM_WAIT_STEPS,
         seed: int | None = None,
         record_step_states: bool = False,
+        lookahead_policy: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
+        lookahead_steps: int = 0,
     ):
         if image_size < 1:
             raise ValueError(f"`image_size` must be positive, got {image_size}.")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"`max_episode_steps` must be positive, got {max_episode_steps}.")
+        if (lookahead_policy is None) != (lookahead_steps < 1):
+            raise ValueError(
+                "`lookahead_policy` and a positive `lookahead_steps` go together, got "
+                f"lookahead_policy={lookahead_policy!r}, lookahead_steps={lookahead_steps}."
+            )
         self.image_size = image_size
+        self.lookahead_policy = lookahead_policy
+        self.lookahead_steps = lookahead_steps
         self.wrist_camera = wrist_camera
         self.cheap_rendering = cheap_rendering
         self.num_wait_steps = num_wait_steps
@@ -367,7 +436,10 @@ class LiberoEnv(gym.Env):
             raw = self._env.env._get_observations(force_update=True)
         self._render_cameras = False
         obs = self._observation(raw)
-        return obs, self._info(success=False, env_steps=0)
+        info = self._info(success=False, env_steps=0)
+        if self.lookahead_policy is not None:
+            info["lookahead_actions"] = self._lookahead(info["privileged_state"])
+        return obs, info
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Run one action `[7]` or a chunk `[k, 7]` open-loop; render once, after the last step that runs.
@@ -411,6 +483,8 @@ class LiberoEnv(gym.Env):
             info["step_privileged_states"] = step_states
         if self._record_frames:
             info["step_frames"] = frames
+        if self.lookahead_policy is not None and not self._episode_over:
+            info["lookahead_actions"] = self._lookahead(info["privileged_state"])
         return obs, float(success), success, truncated, info
 
     def render(self) -> np.ndarray:
@@ -437,6 +511,24 @@ class LiberoEnv(gym.Env):
     def elapsed_steps(self) -> int:
         """Environment steps since the last reset, excluding the wait steps."""
         return self._elapsed
+
+    def _lookahead(self, state: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run `lookahead_policy` `lookahead_steps` steps from the current state, camera off, and restore it."""
+        snapshot = _SimSnapshot(self._env)
+        actions = []
+        try:
+            for _ in range(self.lookahead_steps):
+                action = np.asarray(self.lookahead_policy(state), dtype=np.float64)
+                actions.append(action)
+                _, _, done, _ = self._env.step(action)
+                self._check_finite()
+                if done:
+                    break
+                state = extract_privileged_state(self._env)
+        finally:
+            snapshot.restore()
+        actions += [actions[-1]] * (self.lookahead_steps - len(actions))
+        return np.stack(actions).astype(np.float32)
 
     def _render_frames_now(self, raw: dict[str, np.ndarray]) -> None:
         self._render_cameras = True

@@ -16,7 +16,7 @@ axis-angle rotation deltas in the world frame in `[-1, 1]` (x 0.5 rad), gripper 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -410,15 +410,16 @@ def closed_loop_actions(chunk_states: Sequence[Mapping[str, np.ndarray]], horizo
 # The teacher / policy
 # ------------------------------------------------------------------------------------------------------------------
 
-CHUNK_TARGETS = ("closed_loop", "plan")
+CHUNK_TARGETS = ("lookahead", "closed_loop", "plan")
 
 
 class ExpertQuery(NamedTuple):
     """One decision as the scripted expert scores it: the state it was taken in, and the states its executed chunk
-    went through (`None` when the rollout did not record them)."""
+    went through and the chunk it would execute itself from there (each `None` when the rollout did not record it)."""
 
     state: Mapping[str, np.ndarray]
     chunk_states: Sequence[Mapping[str, np.ndarray]] | None = None
+    lookahead_actions: np.ndarray | None = None
 
 
 def _identity_stats(action_dim: int) -> dict[str, Any]:
@@ -463,12 +464,18 @@ class ScriptedLiberoExpert:
             What the teacher scores chunk position `k` of a student's decision against (students with
             `chunk_size > 1`):
 
+            - `"lookahead"`: the `k`-th action of the chunk it would execute itself from the decision's state,
+              simulated closed-loop in the student's environment and then undone (the observation's
+              `lookahead_actions`, recorded by environments built with `lookahead_policy=expert_action`;
+              `lookahead_policy` tells a trainer to build them so). Every position is the expert's own action at a
+              state its own actions reached: the chunk a demonstration started at this state would hold, so the
+              targets are consistent along the chunk and match what the student was SFT'd on.
             - `"closed_loop"`: its own action at the state the student's executed chunk actually reached at step
               `t + k` (the observation's `chunk_privileged_states`, recorded by environments built with
               `record_step_states=True`; `needs_step_states` tells a trainer to build them so). Positions the
               episode never executed (success or the step cap inside the chunk) fall back to the plan from the
-              last state reached. These are the labels DAgger would give, and the targets SFT on executed
-              demonstrations learns.
+              last state reached. Positions `k > 0` are corrections of the student's own earlier actions in the
+              chunk, which the student cannot see when it decides.
             - `"plan"`: its open-loop plan from the decision's state (`plan_actions`), the analogue of a VLA teacher
               that predicts a chunk from one observation; positions 1.. come from a kinematic model of the arm.
 
@@ -534,6 +541,14 @@ class ScriptedLiberoExpert:
         """Whether scoring needs the states inside each executed chunk (`LiberoEnv(record_step_states=True)`)."""
         return self.chunk_targets == "closed_loop" and self._action_space.chunk_size > 1
 
+    @property
+    def lookahead_policy(self) -> Callable[[Mapping[str, np.ndarray]], np.ndarray] | None:
+        """The policy an environment must simulate ahead of each decision for scoring (`LiberoEnv`'s
+        `lookahead_policy`, run `action_space.chunk_size` steps), or `None` when scoring needs no lookahead."""
+        if self.chunk_targets == "lookahead" and self._action_space.chunk_size > 1:
+            return expert_action
+        return None
+
     def check_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Raise a `ValueError` if the state is not from a task this expert supports."""
         missing = {"suite_id", "task_id", "eef_pos", "pick_box"} - set(state)
@@ -577,16 +592,33 @@ class ScriptedLiberoExpert:
                     "needs LiberoEnv's privileged simulator state."
                 )
             self.check_state(observation["privileged_state"])
-            queries.append(ExpertQuery(observation["privileged_state"], observation.get("chunk_privileged_states")))
+            queries.append(
+                ExpertQuery(
+                    observation["privileged_state"],
+                    observation.get("chunk_privileged_states"),
+                    observation.get("lookahead_actions"),
+                )
+            )
         return queries
 
     def target_actions(self, inputs: Sequence[ExpertQuery], closed_loop: bool | None = None) -> np.ndarray:
         """The expert's target chunk for each decision of a batch, `[B, chunk_size, 7]`, in robot units: closed-loop
-        labels along the executed chunk or the open-loop plan (`chunk_targets`; `closed_loop` overrides it)."""
-        closed_loop = self.chunk_targets == "closed_loop" if closed_loop is None else closed_loop
+        labels (`chunk_targets`; `closed_loop=False` asks for the open-loop plan whatever they are)."""
+        targets = self.chunk_targets if closed_loop is None else ("plan" if not closed_loop else self.chunk_targets)
         horizon = self._action_space.chunk_size
-        if not closed_loop or horizon == 1:
+        if targets == "plan" or horizon == 1:
             return np.stack([plan_actions(query.state, horizon) for query in inputs])
+        if targets == "lookahead":
+            missing = [i for i, query in enumerate(inputs) if query.lookahead_actions is None]
+            if missing:
+                raise ValueError(
+                    f"Decisions {missing[:5]} carry no `lookahead_actions`: lookahead chunk targets are the chunk the "
+                    "expert itself would execute from each decision state, which only environments built with "
+                    "`lookahead_policy=expert_action, lookahead_steps=chunk_size` simulate (the OPD trainer builds "
+                    "them so when the teacher has a `lookahead_policy`). Pass such an environment pool, or build the "
+                    "expert with `chunk_targets='closed_loop'` or `'plan'`."
+                )
+            return np.stack([np.asarray(query.lookahead_actions, np.float32)[:horizon] for query in inputs])
         missing = [i for i, query in enumerate(inputs) if query.chunk_states is None]
         if missing:
             raise ValueError(

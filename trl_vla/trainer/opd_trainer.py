@@ -37,7 +37,7 @@ from .opd_config import VLAOPDConfig
 from .rollout_trainer import RolloutTrainerMixin
 
 
-PRIVILEGED_KEYS = ("privileged_state", "chunk_privileged_states")
+PRIVILEGED_KEYS = ("privileged_state", "chunk_privileged_states", "lookahead_actions")
 
 
 class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
@@ -183,6 +183,11 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
         kwargs = super()._env_kwargs()
         if getattr(self.teacher_policy, "needs_step_states", False):
             kwargs["record_step_states"] = True  # the teacher labels every executed action at its own state
+        lookahead_policy = getattr(self.teacher_policy, "lookahead_policy", None)
+        if lookahead_policy is not None:
+            # the teacher labels each decision with the chunk it would execute itself from that state
+            kwargs["lookahead_policy"] = lookahead_policy
+            kwargs["lookahead_steps"] = self.teacher_policy.action_space.chunk_size
         return kwargs
 
     @torch.no_grad()
