@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_initial_student(args, path: str) -> tuple[Any, list[dict], list[str]]:
     """Tiny OpenVLA SFT'd on `init_demos_per_task` scripted demonstrations per task (init states 0, 1, ...); returns
     the demonstrations and the probe set (observations, instructions) for entropy measurements."""
-    from trl_vla.models.tiny import identity_norm_stats
+    from trl_vla import identity_norm_stats
     from trl_vla.teachers.demonstrations import collect_demonstrations
     from trl_vla.testing import make_tiny_sft_student
 

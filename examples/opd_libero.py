@@ -50,11 +50,10 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from trl_vla import VLAOPDConfig, VLAOPDTrainer, select_norm_stats
+from trl_vla import VLAOPDConfig, VLAOPDTrainer, identity_norm_stats, select_norm_stats
 from trl_vla.envs.libero import make_prompts
 from trl_vla.evaluation import format_success
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
-from trl_vla.models.tiny import identity_norm_stats
 from trl_vla.testing import make_tiny_sft_student
 
 

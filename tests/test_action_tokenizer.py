@@ -7,6 +7,7 @@ from trl_vla import (
     ActionSpace,
     ActionTokenizer,
     compute_norm_stats,
+    identity_norm_stats,
     normalize_actions,
     select_norm_stats,
     unnormalize_actions,
@@ -151,3 +152,11 @@ def test_norm_stats_compatibility_names_the_dimension():
         check_norm_stats_compatible(base, stats([-1.0, -0.5, -1.0], [1.0, 0.5, 1.0], (True, True, True)))
     with pytest.raises(ValueError, match="3-D but the actions are 2-D"):
         check_norm_stats_compatible(stats([0, 0], [1, 1], (True, True)), base)
+
+
+def test_identity_norm_stats_leave_controller_units_unchanged():
+    stats = identity_norm_stats(7)
+    actions = np.array([[-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, -1.0], [0.3, -0.3, 0.9, -0.9, 0.1, -0.1, 1.0]])
+    np.testing.assert_allclose(normalize_actions(actions, stats), actions, atol=1e-6)
+    np.testing.assert_allclose(unnormalize_actions(actions, stats), actions, atol=1e-6)
+    assert stats["action"]["mask"] == [True] * 6 + [False]

@@ -443,6 +443,6 @@ def test_vla_policy_with_wrist_camera_and_proprio(tmp_path):
 
 
 def make_identity_stats():
-    from trl_vla.models.tiny import identity_norm_stats
+    from trl_vla import identity_norm_stats
 
     return identity_norm_stats(7)

@@ -29,6 +29,7 @@ __all__ = [
     "action_bounds",
     "check_norm_stats_compatible",
     "compute_norm_stats",
+    "identity_norm_stats",
     "normalize_actions",
     "select_norm_stats",
     "unnormalize_actions",
@@ -228,6 +229,17 @@ class ActionSpace:
 # ------------------------------------------------------------------------------------------------------------------
 # Normalisation statistics (OpenVLA's `norm_stats[unnorm_key]["action"]` layout)
 # ------------------------------------------------------------------------------------------------------------------
+
+
+def identity_norm_stats(action_dim: int = 7) -> dict[str, Any]:
+    """Statistics under which normalisation is the identity on `[-1, 1]` (q01 = -1, q99 = 1; gripper unmasked).
+
+    LIBERO's controller inputs already lie in `[-1, 1]`, so a tiny model without statistics of its own acts
+    directly in controller units.
+    """
+    low, high = [-1.0] * action_dim, [1.0] * action_dim
+    mask = [True] * (action_dim - 1) + [False]
+    return {"action": {"q01": low, "q99": high, "min": low, "max": high, "mask": mask}}
 
 
 def compute_norm_stats(

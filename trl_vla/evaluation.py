@@ -27,7 +27,6 @@ __all__ = [
     "evaluate_tasks",
     "forgetting_report",
     "format_success",
-    "measure_forgetting",
     "wilson_interval",
 ]
 
@@ -145,8 +144,8 @@ def evaluate_policy(
     finally:
         if owns_envs:
             envs.close()
-    successes = [bool(s) for s in rollout.successes().tolist()]
-    lengths = [int(n) for n in rollout.episode_lengths().tolist()]
+    successes = [bool(s) for s in rollout.success.tolist()]
+    lengths = [int(n) for n in rollout.env_steps.tolist()]
 
     per_task, videos = [], []
     for task_id in dict.fromkeys(prompts["task_id"]):
@@ -215,20 +214,6 @@ def forgetting_report(before: Mapping[str, Any], after: Mapping[str, Any]) -> di
     ]
     mean = {key: sum(r[key] for r in rows) / len(rows) for key in ("before", "after", "change")}
     return {"tasks": rows, **mean}
-
-
-def measure_forgetting(
-    before: ActionPolicy,
-    after: ActionPolicy,
-    tasks: Mapping[str, Sequence[int]] = HELD_OUT_TASKS,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """Evaluate the policy before and after post-training on held-out `tasks` (VLA-OPD's forgetting protocol: train
-    on the seen tasks, then measure the change on the held-out ones) and report the change (`forgetting_report`).
-
-    `kwargs` go to `evaluate_policy` (e.g. `episodes_per_task`, `seed`, `envs`).
-    """
-    return forgetting_report(evaluate_tasks(before, tasks, **kwargs), evaluate_tasks(after, tasks, **kwargs))
 
 
 def _per_task(results: Mapping[str, Any]) -> dict[tuple[str, int], float]:

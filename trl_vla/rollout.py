@@ -521,14 +521,6 @@ class RolloutBatch:
         """Decisions (policy calls) per episode, `[E]` int64."""
         return self.mask.sum(1)
 
-    def successes(self) -> torch.Tensor:
-        """Task success per episode, `[E]` bool (a fault is never a success)."""
-        return self.success
-
-    def episode_lengths(self) -> torch.Tensor:
-        """Environment steps per episode (wait steps excluded), `[E]` int64."""
-        return self.env_steps
-
     def steps(self, include_faults: bool = True) -> dict[str, Any]:
         """The valid decision steps, flattened episode by episode (`S` steps), ready for `policy.build_inputs`.
 
@@ -580,7 +572,7 @@ class RolloutBatch:
 
     def stats(self) -> dict[str, float]:
         """Summary statistics: `num_episodes`, `successes`, `success_rate` (over the episodes without a fault),
-        `faults`, `env_steps`, `length_sum`, `mean_length`, `decisions`, `wall_time`, `policy_time`, `env_time` and
+        `faults`, `env_steps`, `mean_length`, `decisions`, `wall_time`, `policy_time`, `env_time` and
         `env_steps_per_second` (environment steps over wall time)."""
         ok = ~self.fault
         env_steps = int(self.env_steps.sum())
@@ -590,7 +582,6 @@ class RolloutBatch:
             "success_rate": float(self.success[ok].float().mean()) if ok.any() else 0.0,
             "faults": int(self.fault.sum()),
             "env_steps": env_steps,
-            "length_sum": env_steps,
             "mean_length": env_steps / max(self.num_episodes, 1),
             "decisions": int(self.mask.sum()),
             "wall_time": self.wall_time,

@@ -10,28 +10,17 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from ..action_tokenizer import select_norm_stats
+from ..action_tokenizer import identity_norm_stats, select_norm_stats
 from .libero_instructions import LIBERO_INSTRUCTIONS
 from .openvla import OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAImageProcessor, OpenVLAProcessor
 from .openvla.processing_openvla import PROMPT_TEMPLATE
 
 
-__all__ = ["identity_norm_stats", "make_tiny_openvla", "make_tiny_tokenizer"]
+__all__ = ["make_tiny_openvla", "make_tiny_tokenizer"]
 
 N_ACTION_BINS = 256
 # SentencePiece's word-boundary marker: OpenVLA's prompts end with the token that is only this marker (29871).
 WORD_BOUNDARY = "▁"
-
-
-def identity_norm_stats(action_dim: int = 7) -> dict[str, Any]:
-    """Statistics under which normalisation is the identity on `[-1, 1]` (q01 = -1, q99 = 1; gripper unmasked).
-
-    LIBERO's controller inputs already lie in `[-1, 1]`, so a tiny model without statistics of its own acts
-    directly in controller units.
-    """
-    low, high = [-1.0] * action_dim, [1.0] * action_dim
-    mask = [True] * (action_dim - 1) + [False]
-    return {"action": {"q01": low, "q99": high, "min": low, "max": high, "mask": mask}}
 
 
 def make_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:

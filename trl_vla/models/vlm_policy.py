@@ -54,9 +54,15 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import PROCESSOR_NAME, ModelOutput, cached_file
 
-from ..action_tokenizer import ActionSpace, ActionTokenizer, select_norm_stats, unnormalize_actions
+from ..action_tokenizer import (
+    ActionSpace,
+    ActionTokenizer,
+    identity_norm_stats,
+    select_norm_stats,
+    unnormalize_actions,
+)
 from ..policy import sample_from_logits
-from .tiny import N_ACTION_BINS, identity_norm_stats, make_tiny_tokenizer
+from .tiny import N_ACTION_BINS, make_tiny_tokenizer
 
 
 __all__ = [

@@ -26,6 +26,7 @@ from ..action_tokenizer import (
     ActionSpace,
     ActionTokenizer,
     action_bounds,
+    identity_norm_stats,
     normalize_actions,
     select_norm_stats,
     unnormalize_actions,
@@ -422,12 +423,6 @@ class ExpertQuery(NamedTuple):
     lookahead_actions: np.ndarray | None = None
 
 
-def _identity_stats(action_dim: int) -> dict[str, Any]:
-    return {
-        "action": {"q01": [-1.0] * action_dim, "q99": [1.0] * action_dim, "mask": [True] * (action_dim - 1) + [False]}
-    }
-
-
 class ScriptedLiberoExpert:
     """A privileged scripted expert for LIBERO with the policy contract of `trl_vla.policy`.
 
@@ -521,7 +516,7 @@ class ScriptedLiberoExpert:
         self._action_space = action_space
         self.tokenizer = ActionTokenizer.from_action_space(action_space)
         if norm_stats is None:
-            self.norm_stats = _identity_stats(7)
+            self.norm_stats = identity_norm_stats(7)
         elif "action" in norm_stats:
             self.norm_stats = dict(norm_stats)
         else:

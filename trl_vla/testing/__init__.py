@@ -11,9 +11,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..action_tokenizer import compute_norm_stats
+from ..action_tokenizer import compute_norm_stats, identity_norm_stats
 from ..models.openvla import OpenVLAForActionPrediction, OpenVLAProcessor
-from ..models.tiny import identity_norm_stats, make_tiny_openvla
+from ..models.tiny import make_tiny_openvla
 from ..trainer.sft_config import VLASFTConfig
 from ..trainer.sft_trainer import VLASFTTrainer
 

@@ -211,7 +211,7 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
     def compute_rewards(self, rollout: Any) -> torch.Tensor:
         """One reward per episode of a round's rollout, in episode order: 1.0 if the task succeeded, else 0.0 (the
         sparse reward of SimpleVLA-RL and VLA-OPD). Override it for another episode-level reward."""
-        return rollout.successes().float()
+        return rollout.success.float()
 
     def _generate_and_score_completions(self, prompts: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"

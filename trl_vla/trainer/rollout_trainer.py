@@ -377,17 +377,17 @@ class RolloutTrainerMixin:
         stats = rollout.stats()
         gathered = self.accelerator.gather_for_metrics(
             torch.tensor(
-                [stats["num_episodes"], stats["successes"], stats["env_steps"], stats["faults"], stats["length_sum"]],
+                [stats["num_episodes"], stats["successes"], stats["env_steps"], stats["faults"]],
                 dtype=torch.float64,
                 device=self.accelerator.device,
             ).unsqueeze(0)
         ).sum(0)
-        episodes, successes, env_steps, faults, length_sum = gathered.tolist()
+        episodes, successes, env_steps, faults = gathered.tolist()
         if mode == "train":
             self._progress.env_steps += int(env_steps)
         metrics = self._metrics[mode]
         metrics["success_rate"].append(successes / max(episodes, 1))
-        metrics["episode_length"].append(length_sum / max(episodes, 1))
+        metrics["episode_length"].append(env_steps / max(episodes, 1))
         metrics["env_steps"].append(float(self.env_steps))
         metrics["env_steps_per_second"].append(stats["env_steps"] / max(rollout_time, 1e-9))
         metrics["worker_faults"].append(faults)
@@ -415,7 +415,7 @@ class RolloutTrainerMixin:
         # The episodes saved as videos are rendered at every env step (the others at decisions only).
         videos = range(self.args.num_videos) if self.accelerator.is_main_process else ()
         rollout = self._rollout(shard, temperature=0.0, num_generations=1, video_episodes=videos) if shard else None
-        successes = rollout.successes().tolist() if rollout is not None else []
+        successes = rollout.success.tolist() if rollout is not None else []
         all_successes = gather_object(successes)
         metrics = {
             f"{metric_key_prefix}_success_rate": sum(all_successes) / max(len(all_successes), 1),
