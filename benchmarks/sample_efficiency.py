@@ -226,7 +226,9 @@ class Probe:
         inputs = policy.build_inputs(self.observations, self.instructions)
         token_ids, _, _ = policy.sample_actions(inputs, temperature=0.0)
         log_probs = torch.log_softmax(policy.action_logits(inputs, token_ids).float(), -1)
-        return float(-(log_probs.exp() * log_probs).sum(-1).mean())
+        from trl_vla.losses import token_entropy
+
+        return float(token_entropy(log_probs).mean())
 
     def __call__(self, model, env_steps: int, tasks: list[int] | None = None) -> dict[str, Any]:
         from trl_vla.evaluation import evaluate_policy

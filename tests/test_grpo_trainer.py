@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from trl_vla.losses import clipped_policy_loss, group_advantages
 from trl_vla.trainer.grpo_config import VLAGRPOConfig
-from trl_vla.trainer.grpo_trainer import clipped_policy_loss, group_advantages
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -39,6 +39,15 @@ def test_all_equal_groups_get_zero_advantage(scale):
     advantages = group_advantages(rewards, 3, scale)
     assert torch.equal(advantages[:6], torch.zeros(6))
     assert advantages[6] > 0 and advantages[7] < 0
+
+
+def test_group_advantages_with_a_given_batch_std():
+    # In a distributed round the std is over every process's rewards; each process centres its own groups.
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(
+        group_advantages(rewards, 2, "batch", eps=0.0, batch_std=torch.tensor(0.25)),
+        torch.tensor([2.0, -2.0, 0.0, 0.0]),
+    )
 
 
 def test_group_advantages_bad_input():

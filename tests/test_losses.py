@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from trl_vla.losses import forward_kl, generalized_jsd, hard_ce, reverse_kl, sampled_reverse_kl
+from trl_vla.losses import forward_kl, generalized_jsd, hard_ce, reverse_kl, sampled_reverse_kl, token_entropy
 
 
 def _logits(seed, shape=(2, 3, 8)):
@@ -104,3 +104,12 @@ def test_shape_errors():
         reverse_kl(_logits(0), _logits(1, (2, 3, 4)), torch.ones(2, 3))
     with pytest.raises(ValueError, match="mask"):
         reverse_kl(_logits(0), _logits(1), torch.ones(2, 2))
+
+
+def test_token_entropy_in_nats():
+    uniform = torch.log_softmax(torch.zeros(2, 3, 256), -1)
+    torch.testing.assert_close(token_entropy(uniform), torch.full((2, 3), math.log(256)))
+    peaked = torch.log_softmax(torch.tensor([[50.0, 0.0, 0.0, 0.0]]), -1)
+    assert token_entropy(peaked).item() < 1e-18
+    two = torch.log(torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(token_entropy(two), torch.tensor(math.log(2)))

@@ -16,6 +16,9 @@ Which divergence does what (p_S student, p_T teacher):
 * `generalized_jsd`: TRL's generalized JSD; `beta=0` forward KL, `beta=1` reverse KL, `beta=0.5` symmetric JSD.
 * `hard_ce`: cross-entropy on the teacher's argmax bin (DAgger-style labels). Discards the teacher's uncertainty
   (entropy collapses).
+
+Also here, the other per-token objectives and statistics the trainers share: `token_entropy`, and GRPO's
+`group_advantages` and `clipped_policy_loss` (the sparse-reward baseline of `VLAGRPOTrainer`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,17 @@ import torch
 import torch.nn.functional as F
 
 
-__all__ = ["LOSSES", "forward_kl", "generalized_jsd", "hard_ce", "reverse_kl", "sampled_reverse_kl"]
+__all__ = [
+    "LOSSES",
+    "clipped_policy_loss",
+    "forward_kl",
+    "generalized_jsd",
+    "group_advantages",
+    "hard_ce",
+    "reverse_kl",
+    "sampled_reverse_kl",
+    "token_entropy",
+]
 
 
 def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> None:
@@ -37,6 +50,11 @@ def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: tor
         )
     if mask.shape != student_logits.shape[:-1]:
         raise ValueError(f"`mask` has shape {tuple(mask.shape)}, expected {tuple(student_logits.shape[:-1])}.")
+
+
+def token_entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each token's distribution, from its log-probabilities `[..., n_bins]`; returns `[...]`."""
+    return -(log_probs.exp() * log_probs).sum(-1)
 
 
 def _reduce(per_token: torch.Tensor, mask: torch.Tensor, num_items_in_batch: torch.Tensor | float | None):
@@ -150,3 +168,92 @@ LOSSES = {
     "generalized_jsd": generalized_jsd,
     "hard_ce": hard_ce,
 }
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# GRPO's objective (the sparse-reward baseline of `VLAGRPOTrainer`)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    num_generations: int,
+    scale_rewards: str = "group",
+    eps: float = 1e-6,
+    batch_std: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Group-relative advantages of episodes laid out group by group (`rewards[g * G : (g + 1) * G]` is group `g`).
+
+    Args:
+        rewards: `[num_groups * G]` episode rewards.
+        num_generations: The group size `G` (at least 2).
+        scale_rewards: `"group"`: `(r - group mean) / (group std + eps)` with the unbiased std (SimpleVLA-RL's GRPO);
+            `"batch"`: divide by the std over all `rewards` instead; `"none"`: `r - group mean`.
+        eps: Added to the std.
+        batch_std: With `"batch"`, the std to divide by instead of that of `rewards` (the std over every process's
+            rewards in a distributed round).
+
+    Returns:
+        `[num_groups * G]` advantages; exactly zero for every episode of a group whose rewards are all equal.
+    """
+    if num_generations < 2:
+        raise ValueError(f"Group-relative advantages need groups of at least 2 episodes, got {num_generations}.")
+    if rewards.ndim != 1 or rewards.numel() % num_generations != 0:
+        raise ValueError(
+            f"`rewards` must be 1-D with a length divisible by num_generations={num_generations}, got shape "
+            f"{tuple(rewards.shape)}."
+        )
+    grouped = rewards.float().view(-1, num_generations)  # [num_groups, G]
+    centred = grouped - grouped.mean(1, keepdim=True)
+    if scale_rewards == "group":
+        centred = centred / (grouped.std(1, keepdim=True) + eps)
+    elif scale_rewards == "batch":
+        if batch_std is None:
+            batch_std = rewards.float().std() if rewards.numel() > 1 else rewards.new_zeros(())
+        centred = centred / (batch_std + eps)
+    elif scale_rewards != "none":
+        raise ValueError(f"`scale_rewards` must be 'group', 'batch' or 'none', got {scale_rewards!r}.")
+    return centred.flatten()
+
+
+def clipped_policy_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.28,
+    num_items_in_batch: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate with an asymmetric clip, summed over valid tokens.
+
+    Per token, with `ratio = exp(log_probs - old_log_probs)`:
+    `loss = max(-A * ratio, -A * clip(ratio, 1 - epsilon_low, 1 + epsilon_high))`.
+
+    Args:
+        log_probs: `[B, A]` log-probabilities of the sampled tokens under the current policy (with gradients).
+        old_log_probs: `[B, A]` the same at sampling time.
+        advantages: `[B, A]` (or `[B, 1]`, broadcast) advantage of each token.
+        mask: `[B, A]` 1 for tokens that count.
+        epsilon_low, epsilon_high: The clip range `[1 - epsilon_low, 1 + epsilon_high]`.
+        num_items_in_batch: Divide the token sum by this (the global token count); default: the valid tokens here.
+
+    Returns:
+        `(loss, stats)`, stats holding per-token `[B, A]` float tensors: `low_clipped` (ratio below the range with a
+        negative advantage), `high_clipped` (above the range with a positive advantage), `ratio`.
+    """
+    mask = mask.to(log_probs.dtype)
+    ratio = torch.exp(log_probs - old_log_probs.to(log_probs.dtype))
+    advantages = advantages.to(log_probs.dtype)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+    per_token = torch.maximum(unclipped, clipped)
+    denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    loss = (per_token * mask).sum() / denominator
+    with torch.no_grad():
+        stats = {
+            "low_clipped": ((ratio < 1.0 - epsilon_low) & (advantages < 0)).to(log_probs.dtype),
+            "high_clipped": ((ratio > 1.0 + epsilon_high) & (advantages > 0)).to(log_probs.dtype),
+            "ratio": ratio.detach(),
+        }
+    return loss, stats

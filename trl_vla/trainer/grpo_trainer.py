@@ -28,88 +28,12 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin, TrainerCallback
 from trl import GRPOTrainer
 
+from ..losses import clipped_policy_loss, group_advantages, token_entropy
 from .grpo_config import VLAGRPOConfig
 from .rollout_trainer import RolloutTrainerMixin
 
 
-__all__ = ["VLAGRPOTrainer", "clipped_policy_loss", "group_advantages"]
-
-
-def group_advantages(
-    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group", eps: float = 1e-6
-) -> torch.Tensor:
-    """Group-relative advantages of episodes laid out group by group (`rewards[g * G : (g + 1) * G]` is group `g`).
-
-    Args:
-        rewards: `[num_groups * G]` episode rewards.
-        num_generations: The group size `G` (at least 2).
-        scale_rewards: `"group"`: `(r - group mean) / (group std + eps)` with the unbiased std (SimpleVLA-RL's GRPO);
-            `"batch"`: divide by the std over all `rewards` instead; `"none"`: `r - group mean`.
-        eps: Added to the std.
-
-    Returns:
-        `[num_groups * G]` advantages; exactly zero for every episode of a group whose rewards are all equal.
-    """
-    if num_generations < 2:
-        raise ValueError(f"Group-relative advantages need groups of at least 2 episodes, got {num_generations}.")
-    if rewards.ndim != 1 or rewards.numel() % num_generations != 0:
-        raise ValueError(
-            f"`rewards` must be 1-D with a length divisible by num_generations={num_generations}, got shape "
-            f"{tuple(rewards.shape)}."
-        )
-    grouped = rewards.float().view(-1, num_generations)  # [num_groups, G]
-    centred = grouped - grouped.mean(1, keepdim=True)
-    if scale_rewards == "group":
-        centred = centred / (grouped.std(1, keepdim=True) + eps)
-    elif scale_rewards == "batch":
-        std = rewards.float().std() if rewards.numel() > 1 else rewards.new_zeros(())
-        centred = centred / (std + eps)
-    elif scale_rewards != "none":
-        raise ValueError(f"`scale_rewards` must be 'group', 'batch' or 'none', got {scale_rewards!r}.")
-    return centred.flatten()
-
-
-def clipped_policy_loss(
-    log_probs: torch.Tensor,
-    old_log_probs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    epsilon_low: float = 0.2,
-    epsilon_high: float = 0.28,
-    num_items_in_batch: torch.Tensor | float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate with an asymmetric clip, summed over valid tokens.
-
-    Per token, with `ratio = exp(log_probs - old_log_probs)`:
-    `loss = max(-A * ratio, -A * clip(ratio, 1 - epsilon_low, 1 + epsilon_high))`.
-
-    Args:
-        log_probs: `[B, A]` log-probabilities of the sampled tokens under the current policy (with gradients).
-        old_log_probs: `[B, A]` the same at sampling time.
-        advantages: `[B, A]` (or `[B, 1]`, broadcast) advantage of each token.
-        mask: `[B, A]` 1 for tokens that count.
-        epsilon_low, epsilon_high: The clip range `[1 - epsilon_low, 1 + epsilon_high]`.
-        num_items_in_batch: Divide the token sum by this (the global token count); default: the valid tokens here.
-
-    Returns:
-        `(loss, stats)`, stats holding per-token `[B, A]` float tensors: `low_clipped` (ratio below the range with a
-        negative advantage), `high_clipped` (above the range with a positive advantage), `ratio`.
-    """
-    mask = mask.to(log_probs.dtype)
-    ratio = torch.exp(log_probs - old_log_probs.to(log_probs.dtype))
-    advantages = advantages.to(log_probs.dtype)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
-    per_token = torch.maximum(unclipped, clipped)
-    denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    loss = (per_token * mask).sum() / denominator
-    with torch.no_grad():
-        stats = {
-            "low_clipped": ((ratio < 1.0 - epsilon_low) & (advantages < 0)).to(log_probs.dtype),
-            "high_clipped": ((ratio > 1.0 + epsilon_high) & (advantages > 0)).to(log_probs.dtype),
-            "ratio": ratio.detach(),
-        }
-    return loss, stats
+__all__ = ["VLAGRPOTrainer"]
 
 
 class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
@@ -236,13 +160,10 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
             grouped, bad = rewards.view(-1, num_generations), faults.view(-1, num_generations)
             fill = (grouped * ~bad).sum(1, keepdim=True) / (~bad).sum(1, keepdim=True).clamp(min=1)
             rewards = torch.where(bad, fill, grouped).flatten()
+        batch_std = None
         if self.args.scale_rewards == "batch" and self.accelerator.num_processes > 1:
-            all_rewards = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
-            std = all_rewards.std()
-            grouped = rewards.view(-1, num_generations)
-            advantages = ((grouped - grouped.mean(1, keepdim=True)) / (std + 1e-6)).flatten()
-        else:
-            advantages = group_advantages(rewards, num_generations, self.args.scale_rewards)
+            batch_std = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu().std()
+        advantages = group_advantages(rewards, num_generations, self.args.scale_rewards, batch_std=batch_std)
         informative = (rewards.view(-1, num_generations).std(1) > 0).repeat_interleave(num_generations)
 
         episode = steps["episode_index"].long()  # [S] episode of each decision step
@@ -319,7 +240,7 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
         with torch.no_grad():
             # The entropy is over every executed token (also those of filtered groups); the rest over the loss's.
             valid = inputs["valid_mask"].to(device)
-            entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
+            entropy = token_entropy(log_probs_all)
             per_token = torch.stack(
                 [
                     stats["low_clipped"],

@@ -31,7 +31,7 @@ from trl import DistillationTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ..action_tokenizer import check_norm_stats_compatible, select_norm_stats
-from ..losses import LOSSES
+from ..losses import LOSSES, token_entropy
 from ..policy import ActionPolicy
 from .opd_config import VLAOPDConfig
 from .rollout_trainer import RolloutTrainerMixin
@@ -239,7 +239,7 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
         metrics = self._metrics[mode]
         metrics["time/teacher"].append(teacher_time)
         teacher_log_probs = torch.log_softmax(teacher_logits / self.temperature, -1)
-        teacher_entropy = -(teacher_log_probs.exp() * teacher_log_probs).sum(-1)
+        teacher_entropy = token_entropy(teacher_log_probs)
         metrics["teacher_entropy"].append(((teacher_entropy * action_mask).sum() / action_mask.sum()).item())
 
         scored = {
@@ -294,11 +294,10 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
         with torch.no_grad():
             log_s = torch.log_softmax(student_logits.float() / self.temperature, -1)
             log_t = torch.log_softmax(teacher_logits / self.temperature, -1)
-            p_s = log_s.exp()
             per_token = torch.stack(
                 [
-                    (p_s * (log_s - log_t)).sum(-1),  # reverse KL
-                    -(p_s * log_s).sum(-1),  # student entropy
+                    (log_s.exp() * (log_s - log_t)).sum(-1),  # reverse KL
+                    token_entropy(log_s),
                     (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float(),  # argmax agreement
                 ]
             )

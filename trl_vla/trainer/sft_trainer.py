@@ -31,6 +31,7 @@ from trl import SFTTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ..action_tokenizer import ActionTokenizer, compute_norm_stats, normalize_actions, select_norm_stats
+from ..losses import token_entropy
 from .sft_config import VLASFTConfig
 
 
@@ -366,7 +367,7 @@ class VLASFTTrainer(SFTTrainer):
         loss = (per_token * mask).sum() / denominator
 
         with torch.no_grad():
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            entropy = token_entropy(log_probs)
             correct = (logits.argmax(-1) == columns).float()
             sums = torch.stack([(entropy * mask).sum(), (correct * mask).sum(), mask.sum()])
         sums = self.accelerator.gather_for_metrics(sums.unsqueeze(0)).sum(0)
