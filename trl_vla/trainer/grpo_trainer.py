@@ -28,6 +28,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin, TrainerCallback
 from trl import GRPOTrainer
 
+from ..action_tokenizer import ActionTokenizer
 from ..losses import clipped_policy_loss, group_advantages, token_entropy
 from .grpo_config import VLAGRPOConfig
 from .rollout_trainer import RolloutTrainerMixin
@@ -219,7 +220,7 @@ class VLAGRPOTrainer(RolloutTrainerMixin, GRPOTrainer):
         device = self.accelerator.device
         logits, action_token_ids = self._student_action_logits(model, inputs)  # [B, A, n_bins], [B, A]
         space = self.accelerator.unwrap_model(model).action_space
-        columns = action_token_ids - space.first_token_id  # [B, A]
+        columns = ActionTokenizer.from_action_space(space).token_ids_to_columns(action_token_ids)  # [B, A]
         log_probs_all = torch.log_softmax(logits.float() / self.temperature, -1)  # [B, A, n_bins]
         log_probs = log_probs_all.gather(-1, columns.unsqueeze(-1)).squeeze(-1)  # [B, A]
         mask = inputs["action_mask"].to(device)

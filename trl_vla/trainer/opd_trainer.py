@@ -30,7 +30,7 @@ from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, Trainer
 from trl import DistillationTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
-from ..action_tokenizer import check_norm_stats_compatible, select_norm_stats
+from ..action_tokenizer import ActionTokenizer, check_norm_stats_compatible, select_norm_stats
 from ..losses import LOSSES, token_entropy
 from ..policy import ActionPolicy
 from .opd_config import VLAOPDConfig
@@ -278,7 +278,7 @@ class VLAOPDTrainer(RolloutTrainerMixin, DistillationTrainer):
         # sum over all tokens / global token count (TRL's fix for gradient accumulation, trl#4719).
         num_items = inputs["num_items_in_batch"].to(device).clamp(min=1.0) / self.accelerator.num_processes
         space = self.accelerator.unwrap_model(model).action_space
-        columns = action_token_ids - space.first_token_id
+        columns = ActionTokenizer.from_action_space(space).token_ids_to_columns(action_token_ids)
         loss = self.loss_fn(
             student_logits,
             teacher_logits,

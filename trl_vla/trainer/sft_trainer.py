@@ -350,7 +350,7 @@ class VLASFTTrainer(SFTTrainer):
                 f"The student produced NaN/inf action logits at training step {self.state.global_step}."
             )
         space = self.accelerator.unwrap_model(model).action_space
-        columns = action_token_ids - space.first_token_id  # [B, A]
+        columns = ActionTokenizer.from_action_space(space).token_ids_to_columns(action_token_ids)  # [B, A]
         log_probs = torch.log_softmax(logits.float(), -1)  # [B, A, n_bins]
         token_log_probs = log_probs.gather(-1, columns.unsqueeze(-1)).squeeze(-1)  # [B, A]
         per_token = -token_log_probs
