@@ -44,77 +44,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from _common import LiberoScriptArguments, ids_or_all, prepare_student, print_before_after
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_vla import VLAGRPOConfig, VLAGRPOTrainer
 from trl_vla.envs.libero import make_prompts
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
-from trl_vla.testing import make_tiny_sft_student
 
 
 @dataclass
-class ScriptArguments:
-    """What to train on. The student is `--model_name_or_path` (ModelConfig), or a tiny OpenVLA made on the fly."""
+class ScriptArguments(LiberoScriptArguments):
+    """What to train on (GRPO's CPU default SFTs the tiny student longer: it has no teacher to learn from)."""
 
-    suite: str = field(default="libero_object", metadata={"help": "LIBERO suite."})
-    task_ids: list[int] = field(default_factory=lambda: [0], metadata={"help": "Tasks of the suite to train on."})
-    init_state_ids: list[int] = field(
-        default_factory=lambda: [0, 1, 2, 3],
-        metadata={"help": "Init states of each task used as training prompts (-1: all 50)."},
-    )
-    eval_init_state_ids: list[int] = field(
-        default_factory=lambda: [0, 1, 2, 3],
-        metadata={"help": "Init states evaluated greedily before and after training (-1: all 50)."},
-    )
-    tiny_chunk_size: int = field(default=8, metadata={"help": "Action chunk of the tiny student."})
-    sft_demos_per_task: int = field(
-        default=4, metadata={"help": "Scripted demonstrations per task for the tiny student's few-shot SFT (0: none)."}
-    )
     sft_epochs: float = field(default=30.0, metadata={"help": "Epochs of the tiny student's few-shot SFT."})
 
 
-def ids_or_all(ids: list[int], count: int = 50) -> list[int]:
-    return list(range(count)) if ids == [-1] else ids
-
-
-def make_student(script_args: ScriptArguments, training_args: VLAGRPOConfig, path: str) -> None:
-    """Write a tiny OpenVLA student to `path`, few-shot SFT'd on scripted demonstrations."""
-    from trl_vla.teachers import collect_demonstrations
-
-    demos = None
-    if script_args.sft_demos_per_task > 0:
-        demos = collect_demonstrations(
-            script_args.suite, script_args.task_ids, episodes_per_task=script_args.sft_demos_per_task,
-            image_size=training_args.image_size,
-        )  # fmt: skip
-    make_tiny_sft_student(
-        path,
-        demos,
-        script_args.suite,
-        decoding="parallel",
-        chunk_size=script_args.tiny_chunk_size,
-        seed=training_args.seed,
-        sft_kwargs={
-            "output_dir": os.path.join(training_args.output_dir, "sft"),
-            "num_train_epochs": script_args.sft_epochs,
-            "use_cpu": training_args.use_cpu,
-            "bf16": training_args.bf16,
-        },
-    )
-
-
 def main(script_args: ScriptArguments, training_args: VLAGRPOConfig, model_args: ModelConfig) -> dict:
-    model_path = model_args.model_name_or_path
-    if model_path is None:
-        model_path = os.path.join(training_args.output_dir, "student_init")
-        if script_args.sft_demos_per_task > 0 and training_args.world_size > 1:
-            raise ValueError(
-                "The tiny student's few-shot SFT runs in a single process. With several processes, pass "
-                "`--sft_demos_per_task 0`, or SFT once with examples/sft_libero.py and pass `--model_name_or_path`."
-            )
-        with training_args.main_process_first(desc="making the tiny student"):
-            if training_args.process_index == 0:
-                make_student(script_args, training_args, model_path)
+    model_path = prepare_student(script_args, training_args, model_args)
 
     train_prompts = make_prompts(script_args.suite, script_args.task_ids, ids_or_all(script_args.init_state_ids))
     eval_prompts = make_prompts(script_args.suite, script_args.task_ids, ids_or_all(script_args.eval_init_state_ids))
@@ -135,11 +81,7 @@ def main(script_args: ScriptArguments, training_args: VLAGRPOConfig, model_args:
     finally:
         trainer.close()
     if trainer.accelerator.is_main_process:
-        width = 34
-        print(f"\n{'':{width}} success rate ({len(eval_prompts)} greedy episodes)")
-        print(f"{'student before GRPO':{width}} {100 * before:5.1f}%")
-        print(f"{'student after GRPO':{width}} {100 * after:5.1f}%")
-        print(f"Model, model card and videos: {training_args.output_dir}")
+        print_before_after("GRPO", before, after, len(eval_prompts), training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.suite)
     return {"before": before, "after": after}
@@ -151,10 +93,11 @@ def make_parser(subparsers=None):
         parser = subparsers.add_parser("grpo_libero", help="GRPO on LIBERO", dataclass_types=dataclass_types)
     else:
         parser = TrlParser(dataclass_types)
-    # The CPU default: small enough to finish in about 15 minutes on 2 cores.
+    # The CPU default: the OPD example's protocol (episodes cut at 128 env steps, 16 held-out evaluation episodes).
     parser.set_defaults(
         output_dir="outputs/grpo_libero",
         max_steps=8,
+        max_episode_steps=128,
         prompts_per_step=2,
         num_generations=4,
         num_envs=2,

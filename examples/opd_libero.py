@@ -48,41 +48,18 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from _common import LiberoScriptArguments, ids_or_all, prepare_student, print_before_after
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from trl_vla import VLAOPDConfig, VLAOPDTrainer, identity_norm_stats, select_norm_stats
+from trl_vla import VLAOPDConfig, VLAOPDTrainer, select_norm_stats
 from trl_vla.envs.libero import make_prompts
-from trl_vla.evaluation import format_success
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
-from trl_vla.testing import make_tiny_sft_student
 
 
 @dataclass
-class ScriptArguments:
-    """What to distil on. The student is `--model_name_or_path` (ModelConfig), or a tiny OpenVLA made on the fly."""
+class ScriptArguments(LiberoScriptArguments):
+    """What to distil on, and the scripted teacher used when no `--teacher_model_name_or_path` is given."""
 
-    suite: str = field(default="libero_object", metadata={"help": "LIBERO suite."})
-    task_ids: list[int] = field(default_factory=lambda: [0], metadata={"help": "Tasks of the suite to train on."})
-    init_state_ids: list[int] = field(
-        default_factory=lambda: [0, 1, 2, 3],
-        metadata={"help": "Init states of each task used as training prompts (-1: all 50)."},
-    )
-    eval_init_state_ids: list[int] = field(
-        default_factory=lambda: list(range(16, 32)),
-        metadata={
-            "help": "Init states evaluated greedily before and after training (-1: all 50). The default, 16 init "
-            "states the run does not train on, is the fewest that tell a 25-point change from noise."
-        },
-    )
-    tiny_decoding: str = field(
-        default="parallel", metadata={"help": "Decoding of the tiny student: parallel (OFT-style) or autoregressive."}
-    )
-    tiny_chunk_size: int = field(default=8, metadata={"help": "Action chunk of the tiny student."})
-    sft_demos_per_task: int = field(
-        default=4,
-        metadata={"help": "Scripted demonstrations per task for the tiny student's few-shot SFT (0: no SFT)."},
-    )
-    sft_epochs: float = field(default=12.0, metadata={"help": "Epochs of the tiny student's few-shot SFT."})
     teacher_sigma: float = field(
         default=0.05,
         metadata={"help": "Width of the scripted teacher's Gaussian over bins, in the robot's controller units."},
@@ -97,53 +74,9 @@ class ScriptArguments:
     )
 
 
-def ids_or_all(ids: list[int], count: int = 50) -> list[int]:
-    return list(range(count)) if ids == [-1] else ids
-
-
-def make_student(script_args: ScriptArguments, training_args: VLAOPDConfig, path: str) -> None:
-    """Write a tiny OpenVLA student to `path`, few-shot SFT'd on scripted demonstrations."""
-    from trl_vla.teachers import collect_demonstrations
-
-    demos = None
-    if script_args.sft_demos_per_task > 0:
-        demos = collect_demonstrations(
-            script_args.suite, script_args.task_ids, episodes_per_task=script_args.sft_demos_per_task,
-            image_size=training_args.image_size,
-        )  # fmt: skip
-    make_tiny_sft_student(
-        path,
-        demos,
-        script_args.suite,
-        # The scripted teacher acts over the controller's whole range: statistics from a few demonstrations would
-        # clip its corrective actions out of the student's reach.
-        norm_stats=identity_norm_stats(),
-        decoding=script_args.tiny_decoding,
-        chunk_size=script_args.tiny_chunk_size,
-        seed=training_args.seed,
-        sft_kwargs={
-            "output_dir": os.path.join(training_args.output_dir, "sft"),
-            "num_train_epochs": script_args.sft_epochs,
-            "use_cpu": training_args.use_cpu,
-            "bf16": training_args.bf16,
-        },
-    )
-
-
 def main(script_args: ScriptArguments, training_args: VLAOPDConfig, model_args: ModelConfig) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model_path = model_args.model_name_or_path
-    if model_path is None:
-        model_path = os.path.join(training_args.output_dir, "student_init")
-        if script_args.sft_demos_per_task > 0 and training_args.world_size > 1:
-            raise ValueError(
-                "The tiny student's few-shot SFT runs in a single process. With several processes, pass "
-                "`--sft_demos_per_task 0`, or SFT once with examples/sft_libero.py and pass `--model_name_or_path`."
-            )
-        # One process builds the student; the others wait for it and load it.
-        with training_args.main_process_first(desc="making the tiny student"):
-            if training_args.process_index == 0:
-                make_student(script_args, training_args, model_path)
+    model_path = prepare_student(script_args, training_args, model_args)
     model = OpenVLAForActionPrediction.from_pretrained(model_path)
     processor = OpenVLAProcessor.from_pretrained(model_path)
 
@@ -181,15 +114,7 @@ def main(script_args: ScriptArguments, training_args: VLAOPDConfig, model_args: 
     finally:
         trainer.close()
     if trainer.accelerator.is_main_process:
-        width = 34
-        print(f"\n{'':{width}} success rate ({len(eval_prompts)} greedy episodes)")
-        print(f"{'student before OPD':{width}} {100 * before:5.1f}%")
-        print(f"{'student after OPD':{width}} {100 * after:5.1f}%")
-        print(
-            f"95% Wilson intervals: before {format_success(round(before * episodes), episodes)}, "
-            f"after {format_success(round(after * episodes), episodes)}"
-        )
-        print(f"Model, model card, videos and learning curve: {training_args.output_dir}")
+        print_before_after("OPD", before, after, episodes, training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.suite)
     return {"before": before, "after": after}
