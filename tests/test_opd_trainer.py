@@ -1,5 +1,6 @@
 """VLAOPDTrainer on the real LIBERO simulator with a tiny OpenVLA student and the scripted expert as teacher."""
 
+import json
 import os
 import re
 import subprocess
@@ -239,6 +240,75 @@ def test_lookahead_scoring_builds_simulating_envs(student_path, tmp_path):
     trainer.model.train()
     scored = trainer._generate_and_score_completions(list(trainer.train_dataset))
     assert not any(k in obs for obs in scored["observations"] for k in ("privileged_state", "lookahead_actions"))
+
+
+_LOGGING_SCRIPT = """
+import json, os, sys
+
+def main(out, student):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from trackio.sqlite_storage import SQLiteStorage
+    from trl_vla import VLAOPDConfig, VLAOPDTrainer
+    from trl_vla.envs.libero import make_prompts
+    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
+    from trl_vla.teachers import ScriptedLiberoExpert
+
+    model = OpenVLAForActionPrediction.from_pretrained(student)
+    args = VLAOPDConfig(
+        output_dir=os.path.join(out, "run"), report_to=["tensorboard", "trackio"], project="trl-vla-test",
+        run_name="opd", use_cpu=True, max_steps=2, logging_steps=1, prompts_per_step=1, num_generations=1,
+        num_envs=1, max_episode_steps=16, save_strategy="no", num_videos=0, seed=0,
+    )
+    trainer = VLAOPDTrainer(
+        model=model, teacher_model=ScriptedLiberoExpert("libero_object", action_space=model.action_space),
+        args=args, train_dataset=make_prompts("libero_object", [0], [0]),
+        processing_class=OpenVLAProcessor.from_pretrained(student),
+    )
+    trainer.train()
+    trainer.close()
+    logged = [h for h in trainer.state.log_history if "reverse_kl" in h]
+    board = EventAccumulator(os.environ["TENSORBOARD_LOGGING_DIR"])
+    board.Reload()
+    tracked = [r for r in SQLiteStorage.get_logs("trl-vla-test", "opd") if "train/reverse_kl" in r]
+    print("RESULT " + json.dumps({
+        "logged": [[h["step"], h["reverse_kl"], h["success_rate"]] for h in logged],
+        "tensorboard": [[e.step, e.value] for e in board.Scalars("train/reverse_kl")],
+        "tensorboard_success": [e.value for e in board.Scalars("train/success_rate")],
+        "trackio": [[r["train/global_step"], r["train/reverse_kl"], r["train/success_rate"]] for r in tracked],
+    }))
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_metrics_reach_tensorboard_and_trackio_offline(student_path, tmp_path):
+    """`report_to=["tensorboard", "trackio"]` runs offline and both back-ends hold the trainer's own metrics."""
+    script = tmp_path / "log_run.py"
+    script.write_text(_LOGGING_SCRIPT)
+    env = {
+        **os.environ,
+        "TENSORBOARD_LOGGING_DIR": str(tmp_path / "tb"),
+        "TRACKIO_DIR": str(tmp_path / "trackio"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out"), student_path],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    values = json.loads(line[len("RESULT ") :])
+    logged = values["logged"]
+    assert [step for step, _, _ in logged] == [1, 2] and all(kl > 0 for _, kl, _ in logged)
+    for (step, kl, success), (board_step, board_kl), (track_step, track_kl, track_success) in zip(
+        logged, values["tensorboard"], values["trackio"], strict=True
+    ):
+        assert board_step == track_step == step
+        assert board_kl == pytest.approx(kl, rel=1e-6) and track_kl == pytest.approx(kl, rel=1e-6)
+        assert track_success == success
+    assert values["tensorboard_success"] == [success for _, _, success in logged]
 
 
 @pytest.mark.slow
