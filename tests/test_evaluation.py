@@ -45,6 +45,10 @@ def test_evaluate_policy_structure_videos_and_determinism(policy, tmp_path):
     assert 0 < first["mean_episode_length"] <= 16
     failures = 2 - first["num_successes"]
     assert len(first["videos"]) == failures and all(os.path.exists(v) for v in first["videos"])
+    if failures:  # replayed with every env step rendered: the reset frame and one per step (16), not one per chunk
+        import imageio.v2 as imageio
+
+        assert len(imageio.mimread(first["videos"][0])) == 17
 
     assert first["init_state_ids"] == [0, 1] and first["success_interval"][0] <= first["success_rate"]
 

@@ -91,7 +91,8 @@ def evaluate_policy(
         envs: A simulator pool (`trl_vla.rollout.make_env_pool`) to reuse; by default one with `num_envs` workers is
             created and closed.
         num_envs: Simulator workers when `envs` is not given (0 steps the simulator in this process).
-        video_dir: Save videos of up to `max_failure_videos` failed episodes per task there (`.mp4`).
+        video_dir: Save videos of up to `max_failure_videos` failed episodes per task there (`.mp4`; greedy
+            evaluations replay them with a frame per env step, sampled ones keep a frame per decision).
         temperature: Sampling temperature; 0 (default) is greedy, as the standard evaluation.
         max_episode_steps: Override of the suite's episode limit (default: the standard one).
         image_size: Camera resolution when `envs` is not given.
@@ -111,7 +112,7 @@ def evaluate_policy(
     """
     from .envs.libero import make_prompts
     from .models import as_policy
-    from .rollout import collect_rollouts, make_env_pool, save_video
+    from .rollout import collect_rollouts, make_env_pool
 
     policy = as_policy(policy, processor)
 
@@ -130,24 +131,22 @@ def evaluate_policy(
     if owns_envs:
         envs = make_env_pool(num_workers=num_envs, image_size=image_size)
     start = time.perf_counter()
+    rollout_kwargs = {
+        "temperature": temperature,
+        "max_episode_steps": max_episode_steps,
+        "seed": seed,
+        "open_loop_steps": open_loop_steps,
+    }
     try:
-        rollout = collect_rollouts(
-            policy,
-            envs,
-            prompts,
-            temperature=temperature,
-            max_episode_steps=max_episode_steps,
-            seed=seed,
-            progress=progress,
-            open_loop_steps=open_loop_steps,
-        )
+        rollout = collect_rollouts(policy, envs, prompts, progress=progress, **rollout_kwargs)
+        videos = _failure_videos(policy, envs, prompts, rollout, video_dir, max_failure_videos, rollout_kwargs)
     finally:
         if owns_envs:
             envs.close()
     successes = [bool(s) for s in rollout.success.tolist()]
     lengths = [int(n) for n in rollout.env_steps.tolist()]
 
-    per_task, videos = [], []
+    per_task = []
     for task_id in dict.fromkeys(prompts["task_id"]):
         episodes = [i for i, t in enumerate(prompts["task_id"]) if t == task_id]
         task_successes = [successes[i] for i in episodes]
@@ -159,13 +158,6 @@ def evaluate_policy(
                 "successes": task_successes,
             }
         )
-        if video_dir is not None:
-            os.makedirs(video_dir, exist_ok=True)
-            failures = [i for i in episodes if not successes[i]][:max_failure_videos]
-            for i in failures:
-                path = os.path.join(video_dir, f"{suite}_task{task_id}_init{prompts[i]['init_state_id']}_failure.mp4")
-                save_video(rollout.frames(i), path)
-                videos.append(path)
     return {
         "suite": suite,
         "task_ids": [t["task_id"] for t in per_task],
@@ -182,6 +174,49 @@ def evaluate_policy(
         "videos": videos,
         "runtime_s": time.perf_counter() - start,
     }
+
+
+def _failure_videos(
+    policy: Any,
+    envs: Any,
+    prompts: Any,
+    rollout: Any,
+    video_dir: str | None,
+    max_failures: int,
+    rollout_kwargs: dict[str, Any],
+) -> list[str]:
+    """Save up to `max_failures` failed episodes per task as videos with a frame per env step.
+
+    Evaluation renders only at decisions (one frame per chunk: choppy to watch). A greedy evaluation is
+    deterministic, so the failed episodes are replayed with every step rendered; a replay that does not fail again
+    (batch-dependent float rounding can change a greedy action) and sampled evaluations keep the decision frames.
+    """
+    from .rollout import collect_rollouts, save_video
+
+    if video_dir is None:
+        return []
+    failed = [bool(not s and not f) for s, f in zip(rollout.success.tolist(), rollout.fault.tolist())]
+    chosen = []
+    for task_id in dict.fromkeys(prompts["task_id"]):
+        chosen += [i for i, t in enumerate(prompts["task_id"]) if t == task_id and failed[i]][:max_failures]
+    if not chosen:
+        return []
+    replay = None
+    if rollout_kwargs["temperature"] == 0:
+        replay = collect_rollouts(
+            policy, envs, prompts.select(chosen), progress=False, video_episodes=range(len(chosen)), **rollout_kwargs
+        )
+    os.makedirs(video_dir, exist_ok=True)
+    paths = []
+    for k, i in enumerate(chosen):
+        prompt = prompts[i]
+        path = os.path.join(
+            video_dir, f"{prompt['suite']}_task{prompt['task_id']}_init{prompt['init_state_id']}_failure.mp4"
+        )
+        replayed = replay is not None and not bool(replay.success[k]) and not bool(replay.fault[k])
+        save_video(replay.frames(k) if replayed else rollout.frames(i), path)
+        paths.append(path)
+    return paths
 
 
 def evaluate_tasks(
