@@ -724,117 +724,151 @@ def collect_rollouts(
         raise ValueError(f"`open_loop_steps` must be positive, got {open_loop_steps}.")
     if generator is None and seed is not None:
         generator = torch.Generator(_policy_device(policy)).manual_seed(seed)
-    from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    episodes = [_Episode(row) for row in rows]
-    queue = collections.deque(range(len(rows)))
-    current: dict[int, int] = {}  # env index -> episode running on it
-    last_task: dict[int, tuple[str, int]] = {}  # env index -> the task it holds
-    waiting: dict[int, dict[str, Any]] = {}  # env index -> observation awaiting a decision
+    schedule = _Schedule(rows, envs.num_envs, seed, max_episode_steps, open_loop_steps, video_episodes, progress)
     policy_time = env_time = 0.0
-    bar = tqdm(total=len(rows), desc="rollouts", unit="episode", disable=not progress, dynamic_ncols=True)
-
-    num_done = num_success = 0
-
-    def finish(env_index: int) -> None:
-        nonlocal num_done, num_success
-        episode = episodes[current.pop(env_index)]
-        num_done += 1
-        num_success += episode.success and not episode.fault
-        bar.update(1)
-        bar.set_postfix(success=f"{num_success}/{num_done}")
-
-    def next_episode(env_index: int) -> int:
-        # Keep an environment on the task it holds; give one without a task a task no other environment holds.
-        task = last_task.get(env_index)
-        held = set(last_task.values())
-        for position, e in enumerate(queue):
-            candidate = (rows[e]["suite"], rows[e]["task_id"])
-            if candidate == task or (task is None and candidate not in held):
-                del queue[position]
-                return e
-        return queue.popleft()
-
     try:
-        while queue or current:
-            commands: dict[int, tuple[str, Any]] = {}
-            for env_index in range(envs.num_envs):
-                if env_index not in current and queue:
-                    e = next_episode(env_index)
-                    current[env_index] = e
-                    row = rows[e]
-                    last_task[env_index] = (row["suite"], row["task_id"])
-                    options = {"suite": row["suite"], "task_id": row["task_id"], "init_state_id": row["init_state_id"]}
-                    if seed is not None:
-                        options["seed"] = seed + e
-                    if e in video_episodes:
-                        options["record_frames"] = True
-                    commands[env_index] = ("reset", options)
-            if waiting:
-                order = sorted(waiting)
-                observations = [waiting[i] for i in order]
-                instructions = [episodes[current[i]].instruction for i in order]
+        while schedule.running:
+            commands = schedule.resets()
+            if schedule.waiting:
                 tic = time.perf_counter()
-                with torch.no_grad():
-                    inputs = policy.build_inputs(observations, instructions)
-                    token_ids, log_probs, actions = policy.sample_actions(
-                        inputs, temperature=temperature, generator=generator
-                    )
-                token_ids, log_probs = token_ids.detach().cpu(), log_probs.detach().float().cpu()
-                actions = np.asarray(actions, dtype=np.float32)
+                commands.update(schedule.decide(policy, temperature, generator))
                 policy_time += time.perf_counter() - tic
-                for row_index, env_index in enumerate(order):
-                    episode = episodes[current[env_index]]
-                    chunk = actions[row_index][:open_loop_steps]
-                    if max_episode_steps is not None:
-                        chunk = chunk[: max_episode_steps - episode.env_steps]
-                    episode.observations.append(observations[row_index])
-                    episode.token_ids.append(token_ids[row_index])
-                    episode.log_probs.append(log_probs[row_index])
-                    episode.actions.append(actions[row_index])
-                    commands[env_index] = ("step", chunk)
-                waiting = {}
             if not commands:
                 break
-
             tic = time.perf_counter()
             replies = envs.run(commands)
             env_time += time.perf_counter() - tic
-            for env_index, reply in replies.items():
-                episode = episodes[current[env_index]]
-                if reply.fault:
-                    episode.fault = reply.message or "simulator fault"
-                    if commands[env_index][0] == "step":
-                        episode.executed_actions.append(0)
-                        _record_chunk_states(episode.observations[-1], [])
-                    finish(env_index)
-                    continue
-                if commands[env_index][0] == "reset":
-                    obs, info = reply.value
-                    episode.instruction = info.get("instruction", episode.instruction)
-                    waiting[env_index] = _observation(obs, info)
-                    if current[env_index] in video_episodes:
-                        episode.video_frames = [obs["image"]]
-                    continue
-                obs, _, terminated, truncated, info = reply.value
-                executed = int(info.get("env_steps", len(commands[env_index][1])))
-                episode.executed_actions.append(executed)
-                if "step_privileged_states" in info:
-                    _record_chunk_states(episode.observations[-1], info["step_privileged_states"])
-                if episode.video_frames is not None and "step_frames" in info:
-                    episode.video_frames.extend(info["step_frames"])
-                episode.env_steps += executed
-                episode.success = bool(info.get("success", terminated))
-                capped = max_episode_steps is not None and episode.env_steps >= max_episode_steps
-                if terminated or truncated or capped:
-                    episode.final_observation = _observation(obs, info)
-                    finish(env_index)
-                else:
-                    waiting[env_index] = _observation(obs, info)
+            schedule.record(commands, replies)
     finally:
-        bar.close()
-    return _batch(episodes, policy, time.perf_counter() - start, policy_time, env_time)
+        schedule.close()
+    return _batch(schedule.episodes, policy, time.perf_counter() - start, policy_time, env_time)
+
+
+class _Schedule:
+    """The bookkeeping of `collect_rollouts`: which episode runs on which environment, the observations waiting for a
+    decision, and what each reply adds to its episode. `collect_rollouts` alternates `resets` + `decide` (the commands
+    of one round) with the pool's `run` and `record`."""
+
+    def __init__(self, rows, num_envs, seed, max_episode_steps, open_loop_steps, video_episodes, progress):
+        from tqdm.auto import tqdm
+
+        self.rows, self.num_envs, self.seed = rows, num_envs, seed
+        self.max_episode_steps = max_episode_steps
+        self.open_loop_steps = open_loop_steps
+        self.video_episodes = video_episodes
+        self.episodes = [_Episode(row) for row in rows]
+        self.queue = collections.deque(range(len(rows)))
+        self.current: dict[int, int] = {}  # env index -> episode running on it
+        self.last_task: dict[int, tuple[str, int]] = {}  # env index -> the task it holds
+        self.waiting: dict[int, dict[str, Any]] = {}  # env index -> observation awaiting a decision
+        self.num_done = self.num_success = 0
+        self.bar = tqdm(total=len(rows), desc="rollouts", unit="episode", disable=not progress, dynamic_ncols=True)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.queue or self.current)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def resets(self) -> dict[int, tuple[str, Any]]:
+        """Reset commands that start the next queued episodes on the free environments."""
+        commands = {}
+        for env_index in range(self.num_envs):
+            if env_index not in self.current and self.queue:
+                e = self._next_episode(env_index)
+                self.current[env_index] = e
+                row = self.rows[e]
+                self.last_task[env_index] = (row["suite"], row["task_id"])
+                options = {"suite": row["suite"], "task_id": row["task_id"], "init_state_id": row["init_state_id"]}
+                if self.seed is not None:
+                    options["seed"] = self.seed + e
+                if e in self.video_episodes:
+                    options["record_frames"] = True
+                commands[env_index] = ("reset", options)
+        return commands
+
+    def _next_episode(self, env_index: int) -> int:
+        # Keep an environment on the task it holds; give one without a task a task no other environment holds.
+        task = self.last_task.get(env_index)
+        held = set(self.last_task.values())
+        for position, e in enumerate(self.queue):
+            candidate = (self.rows[e]["suite"], self.rows[e]["task_id"])
+            if candidate == task or (task is None and candidate not in held):
+                del self.queue[position]
+                return e
+        return self.queue.popleft()
+
+    def decide(self, policy: Any, temperature: float, generator: Any) -> dict[int, tuple[str, Any]]:
+        """One batched policy call for every waiting environment; returns their step commands."""
+        order = sorted(self.waiting)
+        observations = [self.waiting[i] for i in order]
+        instructions = [self.episodes[self.current[i]].instruction for i in order]
+        with torch.no_grad():
+            inputs = policy.build_inputs(observations, instructions)
+            token_ids, log_probs, actions = policy.sample_actions(inputs, temperature=temperature, generator=generator)
+        token_ids, log_probs = token_ids.detach().cpu(), log_probs.detach().float().cpu()
+        actions = np.asarray(actions, dtype=np.float32)
+        commands = {}
+        for row_index, env_index in enumerate(order):
+            episode = self.episodes[self.current[env_index]]
+            chunk = actions[row_index][: self.open_loop_steps]
+            if self.max_episode_steps is not None:
+                chunk = chunk[: self.max_episode_steps - episode.env_steps]
+            episode.observations.append(observations[row_index])
+            episode.token_ids.append(token_ids[row_index])
+            episode.log_probs.append(log_probs[row_index])
+            episode.actions.append(actions[row_index])
+            commands[env_index] = ("step", chunk)
+        self.waiting = {}
+        return commands
+
+    def record(self, commands: dict[int, tuple[str, Any]], replies: dict[int, Any]) -> None:
+        """Add each environment's reply to its episode: a fault or a finished episode frees the environment, any
+        other observation waits for the next decision."""
+        for env_index, reply in replies.items():
+            episode = self.episodes[self.current[env_index]]
+            kind = commands[env_index][0]
+            if reply.fault:
+                episode.fault = reply.message or "simulator fault"
+                if kind == "step":
+                    episode.executed_actions.append(0)
+                    _record_chunk_states(episode.observations[-1], [])
+                self._finish(env_index)
+            elif kind == "reset":
+                obs, info = reply.value
+                episode.instruction = info.get("instruction", episode.instruction)
+                self.waiting[env_index] = _observation(obs, info)
+                if self.current[env_index] in self.video_episodes:
+                    episode.video_frames = [obs["image"]]
+            else:
+                self._record_step(env_index, episode, len(commands[env_index][1]), reply.value)
+
+    def _record_step(self, env_index: int, episode: _Episode, chunk_length: int, value: tuple) -> None:
+        obs, _, terminated, truncated, info = value
+        executed = int(info.get("env_steps", chunk_length))
+        episode.executed_actions.append(executed)
+        if "step_privileged_states" in info:
+            _record_chunk_states(episode.observations[-1], info["step_privileged_states"])
+        if episode.video_frames is not None and "step_frames" in info:
+            episode.video_frames.extend(info["step_frames"])
+        episode.env_steps += executed
+        episode.success = bool(info.get("success", terminated))
+        capped = self.max_episode_steps is not None and episode.env_steps >= self.max_episode_steps
+        if terminated or truncated or capped:
+            episode.final_observation = _observation(obs, info)
+            self._finish(env_index)
+        else:
+            self.waiting[env_index] = _observation(obs, info)
+
+    def _finish(self, env_index: int) -> None:
+        episode = self.episodes[self.current.pop(env_index)]
+        self.num_done += 1
+        self.num_success += episode.success and not episode.fault
+        self.bar.update(1)
+        self.bar.set_postfix(success=f"{self.num_success}/{self.num_done}")
 
 
 def _batch(episodes: list[_Episode], policy: Any, wall_time: float, policy_time: float, env_time: float):
