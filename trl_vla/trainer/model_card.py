@@ -35,6 +35,29 @@ def _fmt(entry: dict[str, float] | None) -> str:
     return format_success(round(entry["eval_success_rate"] * episodes), episodes)
 
 
+def _teacher_name(trainer: Any) -> str:
+    """The teacher checkpoint's name, a scripted teacher's class, or the reward for a trainer without teacher."""
+    teacher = getattr(trainer, "teacher_policy", None)  # None for a trainer without teacher (GRPO)
+    if teacher is None:
+        return "none (sparse task-success reward)"
+    if getattr(trainer, "teacher_model", None) is not None:
+        config = trainer.accelerator.unwrap_model(trainer.teacher_model).config
+        return getattr(config, "_name_or_path", None) or type(teacher).__name__
+    return getattr(getattr(teacher, "config", None), "_name_or_path", None) or type(teacher).__name__
+
+
+def _eval_result(success_rate: float, suites: list[str], task_ids: list[int]) -> EvalResult:
+    return EvalResult(
+        task_type="robotics",
+        task_name="Robot manipulation",
+        dataset_type=suites[0] if suites else "simulation",
+        dataset_name=f"{', '.join(suites) or 'n/a'} (tasks {task_ids})",
+        metric_type="success_rate",
+        metric_name="Success rate",
+        metric_value=success_rate,
+    )
+
+
 def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> str:
     """Render the card of `trainer` (a `VLAOPDTrainer`-like trainer) to `output_dir/README.md`; returns its path."""
     from ..version import __version__
@@ -66,28 +89,9 @@ def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: 
         else None
     )
 
-    teacher = getattr(trainer, "teacher_policy", None)  # None for a trainer without teacher (GRPO)
-    teacher_name = getattr(getattr(teacher, "config", None), "_name_or_path", None) or type(teacher).__name__
-    if teacher is None:
-        teacher_name = "none (sparse task-success reward)"
-    if getattr(trainer, "teacher_model", None) is not None:
-        teacher_name = getattr(
-            trainer.accelerator.unwrap_model(trainer.teacher_model).config, "_name_or_path", teacher_name
-        )
-
     eval_results = None
     if after is not None or before is not None:
-        eval_results = [
-            EvalResult(
-                task_type="robotics",
-                task_name="Robot manipulation",
-                dataset_type=suites[0] if suites else "simulation",
-                dataset_name=f"{suite} (tasks {task_ids})",
-                metric_type="success_rate",
-                metric_name="Success rate",
-                metric_value=after if after is not None else before,
-            )
-        ]
+        eval_results = [_eval_result(after if after is not None else before, suites, task_ids)]
     card_tags = sorted(set(tags or []) | set(trainer._tag_names))
     card_data = ModelCardData(
         base_model=base_model,
@@ -111,7 +115,7 @@ def write_model_card(trainer: Any, model_name: str | None = None, dataset_name: 
         method=trainer._card_method.format(
             benchmark="LIBERO" if any(s.startswith("libero") for s in suites) else suite, args=args
         ),
-        teacher=teacher_name,
+        teacher=_teacher_name(trainer),
         suite=suite,
         task_ids=", ".join(map(str, task_ids)) or "n/a",
         env_steps=getattr(trainer, "env_steps", 0),
