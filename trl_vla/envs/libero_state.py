@@ -107,6 +107,106 @@ def _body_subtree(model: Any, root: int) -> set[int]:
     return bodies
 
 
+def _pick_state(model: Any, data: Any, body: int | None) -> dict[str, np.ndarray]:
+    """`pick_*`: the pose, boxes and finger contacts of the object to pick (zeros when the goal names none)."""
+    if body is None:
+        return {
+            "pick_pos": np.zeros(3, np.float32),
+            "pick_quat": np.array([0, 0, 0, 1], np.float32),
+            "pick_xmat": np.eye(3, dtype=np.float32).ravel(),
+            "pick_box": np.zeros(6, np.float32),
+            "pick_local_box": np.zeros(6, np.float32),
+            "pick_contacts": np.zeros(2, np.float32),
+        }
+    geoms = _collision_geoms(model, _body_subtree(model, body))
+    contacts = np.zeros(2, np.float32)
+    if geoms:
+        pick_set = set(geoms)
+        fingers = _finger_bodies(model)
+        for i in range(data.ncon):
+            g1, g2 = data.contact[i].geom1, data.contact[i].geom2
+            other = g2 if g1 in pick_set else g1 if g2 in pick_set else None
+            if other is None:
+                continue
+            for side, finger in enumerate(fingers):
+                if model.geom_bodyid[other] in finger:
+                    contacts[side] = 1.0
+    return {
+        "pick_pos": np.asarray(data.xpos[body], np.float32),
+        "pick_quat": _xyzw(data.xquat[body]),
+        "pick_xmat": np.asarray(data.xmat[body], np.float32),
+        "pick_box": _geom_aabb(model, data, geoms),
+        "pick_local_box": _local_aabb(model, data, body, geoms),
+        "pick_contacts": contacts,
+    }
+
+
+def _place_state(
+    model: Any, data: Any, place_name: str | None, bodies: dict[str, int]
+) -> tuple[int | None, dict[str, np.ndarray]]:
+    """`place_*`: the target object's pose and box, or a region site's; and the target's body (`None` for a site)."""
+    import mujoco
+
+    place_body = None
+    state: dict[str, np.ndarray] = {}
+    place_site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, place_name) if place_name else -1
+    if place_name is not None and place_name in bodies:
+        place_body = bodies[place_name]
+        state["place_pos"] = np.asarray(data.xpos[place_body], np.float32)
+        state["place_quat"] = _xyzw(data.xquat[place_body])
+        state["place_box"] = _geom_aabb(model, data, _collision_geoms(model, _body_subtree(model, place_body)))
+        state["place_is_region"] = np.zeros(1, np.float32)
+    elif place_site >= 0:
+        rot = data.site_xmat[place_site].reshape(3, 3)
+        half = np.abs(rot) @ model.site_size[place_site]
+        centre = data.site_xpos[place_site]
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, data.site_xmat[place_site])
+        state["place_pos"] = np.asarray(centre, np.float32)
+        state["place_quat"] = _xyzw(quat)
+        state["place_box"] = np.concatenate([centre - half, centre + half]).astype(np.float32)
+        state["place_is_region"] = np.ones(1, np.float32)
+    else:
+        state.update(
+            place_pos=np.zeros(3, np.float32),
+            place_quat=np.array([0, 0, 0, 1], np.float32),
+            place_box=np.zeros(6, np.float32),
+            place_is_region=np.zeros(1, np.float32),
+        )
+    return place_body, state
+
+
+def _obstacles(
+    model: Any,
+    data: Any,
+    object_bodies: dict[str, int],
+    fixture_bodies: dict[str, int],
+    pick_name: str | None,
+    place_owner: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`obstacle_boxes` and `obstacle_kind`: one box per object body and one per fixture geom, padded."""
+    boxes = np.zeros((MAX_OBSTACLE_BOXES, 6), np.float32)
+    kinds = np.full(MAX_OBSTACLE_BOXES, -1, np.int64)
+    rows = []
+    for name, body in object_bodies.items():
+        geoms = _collision_geoms(model, _body_subtree(model, body))
+        if not geoms:
+            continue
+        kind = OBSTACLE_PICK if name == pick_name else OBSTACLE_PLACE if name == place_owner else OBSTACLE_OBJECT
+        rows.append((_geom_aabb(model, data, geoms), kind))
+    for name, body in fixture_bodies.items():
+        kind = OBSTACLE_PLACE if name == place_owner else OBSTACLE_FIXTURE
+        for geom in _collision_geoms(model, _body_subtree(model, body)):
+            rows.append((_geom_aabb(model, data, [geom]), kind))
+    if len(rows) > MAX_OBSTACLE_BOXES:
+        raise ValueError(
+            f"The scene has {len(rows)} obstacle boxes, more than MAX_OBSTACLE_BOXES={MAX_OBSTACLE_BOXES}."
+        )
+    for row, (box, kind) in enumerate(rows):
+        boxes[row], kinds[row] = box, kind
+    return boxes, kinds
+
+
 def _collision_geoms(model: Any, bodies: set[int]) -> list[int]:
     return [
         g
@@ -211,63 +311,11 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
     object_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.objects_dict}
     fixture_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.fixtures_dict}
 
-    pick_geoms: list[int] = []
-    if pick_name is not None and pick_name in object_bodies:
-        body = object_bodies[pick_name]
-        pick_geoms = _collision_geoms(model, _body_subtree(model, body))
-        state["pick_pos"] = np.asarray(data.xpos[body], np.float32)
-        state["pick_quat"] = _xyzw(data.xquat[body])
-        state["pick_xmat"] = np.asarray(data.xmat[body], np.float32)
-        state["pick_box"] = _geom_aabb(model, data, pick_geoms)
-        state["pick_local_box"] = _local_aabb(model, data, body, pick_geoms)
-    else:
-        state.update(
-            pick_pos=np.zeros(3, np.float32),
-            pick_quat=np.array([0, 0, 0, 1], np.float32),
-            pick_xmat=np.eye(3, dtype=np.float32).ravel(),
-            pick_box=np.zeros(6, np.float32),
-            pick_local_box=np.zeros(6, np.float32),
-        )
+    pick_body = object_bodies.get(pick_name) if pick_name is not None else None
+    state.update(_pick_state(model, data, pick_body))
 
-    contacts = np.zeros(2, np.float32)
-    if pick_geoms:
-        pick_set = set(pick_geoms)
-        fingers = _finger_bodies(model)
-        for i in range(data.ncon):
-            g1, g2 = data.contact[i].geom1, data.contact[i].geom2
-            other = g2 if g1 in pick_set else g1 if g2 in pick_set else None
-            if other is None:
-                continue
-            for side, finger in enumerate(fingers):
-                if model.geom_bodyid[other] in finger:
-                    contacts[side] = 1.0
-    state["pick_contacts"] = contacts
-
-    place_body = None
-    place_site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, place_name) if place_name else -1
-    if place_name is not None and place_name in object_bodies | fixture_bodies:
-        place_body = (object_bodies | fixture_bodies)[place_name]
-        state["place_pos"] = np.asarray(data.xpos[place_body], np.float32)
-        state["place_quat"] = _xyzw(data.xquat[place_body])
-        state["place_box"] = _geom_aabb(model, data, _collision_geoms(model, _body_subtree(model, place_body)))
-        state["place_is_region"] = np.zeros(1, np.float32)
-    elif place_site >= 0:
-        rot = data.site_xmat[place_site].reshape(3, 3)
-        half = np.abs(rot) @ model.site_size[place_site]
-        centre = data.site_xpos[place_site]
-        quat = np.empty(4)
-        mujoco.mju_mat2Quat(quat, data.site_xmat[place_site])
-        state["place_pos"] = np.asarray(centre, np.float32)
-        state["place_quat"] = _xyzw(quat)
-        state["place_box"] = np.concatenate([centre - half, centre + half]).astype(np.float32)
-        state["place_is_region"] = np.ones(1, np.float32)
-    else:
-        state.update(
-            place_pos=np.zeros(3, np.float32),
-            place_quat=np.array([0, 0, 0, 1], np.float32),
-            place_box=np.zeros(6, np.float32),
-            place_is_region=np.zeros(1, np.float32),
-        )
+    place_body, place_state = _place_state(model, data, place_name, object_bodies | fixture_bodies)
+    state.update(place_state)
 
     # The region's owner (the basket for `basket_1_contain_region`) is the place target for collision purposes.
     place_owner = place_name
@@ -276,25 +324,7 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
             (name for name in object_bodies | fixture_bodies if place_name.startswith(name + "_")), None
         )
 
-    boxes = np.zeros((MAX_OBSTACLE_BOXES, 6), np.float32)
-    kinds = np.full(MAX_OBSTACLE_BOXES, -1, np.int64)
-    rows = []
-    for name, body in object_bodies.items():
-        geoms = _collision_geoms(model, _body_subtree(model, body))
-        if not geoms:
-            continue
-        kind = OBSTACLE_PICK if name == pick_name else OBSTACLE_PLACE if name == place_owner else OBSTACLE_OBJECT
-        rows.append((_geom_aabb(model, data, geoms), kind))
-    for name, body in fixture_bodies.items():
-        kind = OBSTACLE_PLACE if name == place_owner else OBSTACLE_FIXTURE
-        for geom in _collision_geoms(model, _body_subtree(model, body)):
-            rows.append((_geom_aabb(model, data, [geom]), kind))
-    if len(rows) > MAX_OBSTACLE_BOXES:
-        raise ValueError(
-            f"The scene has {len(rows)} obstacle boxes, more than MAX_OBSTACLE_BOXES={MAX_OBSTACLE_BOXES}."
-        )
-    for row, (box, kind) in enumerate(rows):
-        boxes[row], kinds[row] = box, kind
-    state["obstacle_boxes"] = boxes
-    state["obstacle_kind"] = kinds
+    state["obstacle_boxes"], state["obstacle_kind"] = _obstacles(
+        model, data, object_bodies, fixture_bodies, pick_name, place_owner
+    )
     return state
