@@ -280,3 +280,20 @@ def test_configs_run_float32_on_cpu_unless_asked(config_class, tmp_path):
     default = config_class(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     assert default.bf16 is False and default.dataloader_pin_memory is False
     assert config_class(output_dir=str(tmp_path), use_cpu=True, report_to="none", bf16=True).bf16 is True
+
+
+def test_load_student_from_a_path_or_a_model(tmp_path):
+    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
+    from trl_vla.trainer.student_setup import load_student
+
+    path = make_tiny_openvla(str(tmp_path / "tiny"), decoding="parallel", chunk_size=2, seed=0)
+    model, processor = load_student(path, None)
+    assert isinstance(model, OpenVLAForActionPrediction) and isinstance(processor, OpenVLAProcessor)
+    with pytest.raises(ValueError, match="processing_class"):
+        load_student(model, None)
+    from peft import LoraConfig
+
+    wrapped, same = load_student(model, processor, peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert same is processor and type(wrapped).__name__.startswith("Peft")
+    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in wrapped.parameters()) / 4

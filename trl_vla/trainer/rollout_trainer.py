@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate.utils import gather_object, set_seed
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, TrainerCallback
+from transformers import PreTrainedModel, ProcessorMixin, TrainerCallback
 from transformers.trainer_callback import ExportableState
 from trl.models import unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
@@ -25,6 +25,7 @@ from trl.trainer.utils import RepeatSampler, identity, shuffle_sequence_dict
 
 from ..envs.base import PROMPT_COLUMNS
 from .model_card import write_model_card
+from .student_setup import load_student
 
 
 @dataclass
@@ -155,8 +156,6 @@ class RolloutTrainerMixin:
         envs: Any,
     ) -> None:
         """Load the student (and its processor), wrap it with PEFT, and run `transformers.Trainer`'s set-up."""
-        from ..models import load_vla
-
         check_prompts_dataset(train_dataset, "train_dataset")
         check_prompts_dataset(eval_dataset, "eval_dataset")
         if train_dataset is not None and len(train_dataset) < args.prompts_per_step:
@@ -166,19 +165,9 @@ class RolloutTrainerMixin:
                 "`train_dataset`: lower `prompts_per_step` or add prompts (more init states or tasks)."
             )
         set_seed(args.seed)
-        if isinstance(model, str):
-            model_path = model
-            model = load_vla(model, **(args.model_init_kwargs or {}))
-            if processing_class is None:
-                processing_class = AutoProcessor.from_pretrained(model_path)
-        if processing_class is None:
-            raise ValueError("Pass the student's `processing_class` when `model` is an instantiated model.")
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
-            if args.gradient_checkpointing:
-                model.enable_input_require_grads()
+        model, processing_class = load_student(
+            model, processing_class, args.model_init_kwargs, peft_config, args.gradient_checkpointing
+        )
         _BaseTrainer.__init__(
             self,
             model=model,

@@ -26,13 +26,14 @@ import datasets
 import numpy as np
 import torch
 from accelerate.utils import set_seed
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, TrainerCallback
+from transformers import PreTrainedModel, ProcessorMixin, TrainerCallback
 from trl import SFTTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ..action_tokenizer import ActionTokenizer, compute_norm_stats, normalize_actions, select_norm_stats
 from ..losses import token_entropy
 from .sft_config import VLASFTConfig
+from .student_setup import load_student
 
 
 __all__ = [
@@ -235,8 +236,6 @@ class VLASFTTrainer(SFTTrainer):
         optimizers: tuple = (None, None),
         peft_config: Any = None,
     ):
-        from ..models import load_vla
-
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "student"
             args = VLASFTConfig(f"{str(name).rstrip('/').split('/')[-1]}-VLA-SFT")
@@ -249,25 +248,14 @@ class VLASFTTrainer(SFTTrainer):
             check_demonstrations(eval_dataset, "eval_dataset")
 
         set_seed(args.seed)
-        if isinstance(model, str):
-            model_path = model
-            model = load_vla(model, **(args.model_init_kwargs or {}))
-            if processing_class is None:
-                processing_class = AutoProcessor.from_pretrained(model_path)
-        if processing_class is None:
-            raise ValueError("Pass the student's `processing_class` when `model` is an instantiated model.")
+        model, processing_class = load_student(
+            model, processing_class, args.model_init_kwargs, peft_config, args.gradient_checkpointing
+        )
         space = model.action_space
         _, stats = select_norm_stats(getattr(model.config, "norm_stats", None), space.unnorm_key)
         train_dataset = tokenize_demonstrations(train_dataset, space, stats, args.chunk_padding)
         if eval_dataset is not None:
             eval_dataset = tokenize_demonstrations(eval_dataset, space, stats, args.chunk_padding)
-
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
-            if args.gradient_checkpointing:
-                model.enable_input_require_grads()
         _BaseTrainer.__init__(
             self,
             model=model,
