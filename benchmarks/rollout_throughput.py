@@ -2,7 +2,7 @@
 
 (a) naive: one process, LIBERO's `OffScreenRenderEnv` as evaluation scripts use it: a hard reset (model rebuild) per
     episode, the cameras rendered at every step, one policy call per chunk.
-(b) engine: `collect_rollouts` on a `LiberoEnvPool` with 1 and 2 persistent workers (soft resets, one render per
+(b) engine: `collect_rollouts` on a `EnvPool` with 1 and 2 persistent workers (soft resets, one render per
     chunk, one batched policy call per decision step), after a warm-up round that builds the workers' environments.
 
 Both run the same episodes (prompts, episode cap) with the same policy: a tiny OpenVLA (parallel decoding, chunk 8)
@@ -31,7 +31,7 @@ from trl_vla.envs.libero import (
     task_info,
 )
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_openvla
-from trl_vla.rollout import LiberoEnvPool, collect_rollouts
+from trl_vla.rollout import EnvPool, collect_rollouts
 
 
 def naive_rollouts(policy, prompts, image_size: int, max_steps: int, seed: int) -> dict[str, float]:
@@ -78,7 +78,7 @@ def naive_rollouts(policy, prompts, image_size: int, max_steps: int, seed: int) 
 
 def engine_rollouts(policy, prompts, num_workers: int, args) -> tuple[dict[str, float], float]:
     start = time.perf_counter()
-    with LiberoEnvPool(num_workers=num_workers, image_size=args.image_size, cheap_rendering=args.cheap) as envs:
+    with EnvPool(num_workers=num_workers, image_size=args.image_size, cheap_rendering=args.cheap) as envs:
         # Warm-up: start the workers and build their environments (a trainer pays this once per run).
         warmup = [prompts[i] for i in range(min(envs.num_envs, len(prompts)))]
         collect_rollouts(policy, envs, warmup, max_episode_steps=args.chunk_size, seed=args.seed, progress=False)

@@ -261,7 +261,7 @@ class EvalAtEnvSteps(TrainerCallback):
         self.trainer = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.trainer._steps_per_round != 0:
+        if state.global_step % self.trainer.optimizer_steps_per_round != 0:
             return control  # act at the end of a generation round only (after all its optimizer steps)
         env_steps = self.trainer.env_steps
         if self.thresholds and env_steps >= self.thresholds[0]:

@@ -194,6 +194,7 @@ def test_replay_minibatches_and_closed_loop_scoring(student_path, tmp_path):
     token counts normalise each optimizer step; the scripted teacher labels the executed chunk closed-loop."""
     trainer = _trainer(student_path, tmp_path, replay_rounds=1, num_minibatches=2, gradient_accumulation_steps=2)
     assert trainer._env_kwargs()["record_step_states"] and trainer._steps_per_round == 4
+    assert trainer.optimizer_steps_per_round == 2  # two minibatches, each accumulated over two micro-batches
     trainer.model.train()
     prompts = list(trainer.train_dataset)
     first = trainer._generate_and_score_completions(prompts)

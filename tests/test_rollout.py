@@ -13,7 +13,7 @@ import torch
 from trl_vla import ActionTokenizer, sample_from_logits
 from trl_vla.envs.libero import WAIT_ACTION, make_prompts
 from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_openvla
-from trl_vla.rollout import LiberoEnvPool, RolloutBatch, collect_rollouts, save_video
+from trl_vla.rollout import EnvPool, RolloutBatch, collect_rollouts, save_video
 
 
 torch.set_num_threads(1)
@@ -55,7 +55,7 @@ class ImagePolicy:
 
 @pytest.fixture(scope="module")
 def pool():
-    with LiberoEnvPool(num_workers=2, step_timeout=300) as pool:
+    with EnvPool(num_workers=2, step_timeout=300) as pool:
         yield pool
 
 
@@ -91,7 +91,7 @@ def _put_object_in_basket(env):
 
 def test_trajectories_and_masks_after_termination():
     prompts = make_prompts(SUITE, task_ids=[0], init_state_ids=[0, 1])
-    with LiberoEnvPool(num_workers=0, record_step_states=True) as envs:
+    with EnvPool(num_workers=0, record_step_states=True) as envs:
 
         def succeed_during_second_decision(call):
             if call == 2:  # episode 0 runs first (one environment): its object lands in the basket now
@@ -153,7 +153,7 @@ def test_prompt_validation():
     with pytest.raises(ValueError, match="No prompts"):
         collect_rollouts(policy, None, [])
     with pytest.raises(ValueError, match="must be >= 0"):
-        LiberoEnvPool(num_workers=-1)
+        EnvPool(num_workers=-1)
 
 
 def test_save_video(tmp_path):
@@ -202,7 +202,7 @@ def test_two_workers_batch_the_policy_and_match_in_process(pool, tiny_policy):
 
     # Greedy decisions that depend on the images: the workers reproduce an in-process run exactly.
     parallel = collect_rollouts(ImagePolicy(), pool, prompts, temperature=0.0, max_episode_steps=16, progress=False)
-    with LiberoEnvPool(num_workers=0) as local:
+    with EnvPool(num_workers=0) as local:
         serial = collect_rollouts(ImagePolicy(), local, prompts, temperature=0.0, max_episode_steps=16, progress=False)
     torch.testing.assert_close(parallel.token_ids, serial.token_ids)
     for episode in range(4):
@@ -258,14 +258,14 @@ def test_hung_worker_times_out(pool):
 @pytest.mark.slow
 def test_closing_leaves_no_processes():
     with pytest.raises(KeyError):
-        with LiberoEnvPool(num_workers=1) as envs:
+        with EnvPool(num_workers=1) as envs:
             pids = envs.worker_pids
             raise KeyError("an error while rolling out")
     assert envs.closed and not any(_alive(pid) for pid in pids)
     with pytest.raises(RuntimeError, match="closed"):
         envs.run({0: ("step", WAIT_ACTION)})
 
-    envs = LiberoEnvPool(num_workers=1)
+    envs = EnvPool(num_workers=1)
     pids = envs.worker_pids
     del envs
     gc.collect()
@@ -273,8 +273,8 @@ def test_closing_leaves_no_processes():
 
 
 STDIN_SCRIPT = """
-from trl_vla.rollout import LiberoEnvPool
-with LiberoEnvPool(num_workers=1, image_size=32) as envs:
+from trl_vla.rollout import EnvPool
+with EnvPool(num_workers=1, image_size=32) as envs:
     reply = envs.run({0: ("reset", {"suite": "libero_object", "task_id": 0, "init_state_id": 0})})[0]
     print("reset", reply.fault, reply.value[0]["image"].shape)
 """
@@ -290,7 +290,7 @@ def test_pool_starts_from_a_script_read_on_stdin():
     assert "reset False (32, 32, 3)" in done.stdout
 
     # A factory defined in that script cannot reach the workers: one line says why and what to do.
-    script = "from trl_vla.rollout import LiberoEnvPool\ndef make(**kw): pass\nLiberoEnvPool(num_workers=1, env_factory=make)\n"
+    script = "from trl_vla.rollout import EnvPool\ndef make(**kw): pass\nEnvPool(num_workers=1, env_factory=make)\n"
     done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "RuntimeError: The env factory 'make' is defined in a script read from <stdin>" in done.stderr
@@ -307,7 +307,7 @@ def _noisy_libero_env(suite, task_id, **kwargs):
 
 @pytest.mark.slow
 def test_worker_output_goes_to_its_log(tmp_path, capfd):
-    with LiberoEnvPool(
+    with EnvPool(
         num_workers=1, image_size=32, log_dir=str(tmp_path / "logs"), env_factory=_noisy_libero_env
     ) as envs:
         reply = envs.run({0: ("reset", {"suite": SUITE, "task_id": 0, "init_state_id": 0})})[0]
@@ -339,7 +339,7 @@ def test_video_episodes_have_a_frame_per_env_step(pool):
 def test_in_process_pool_times_out_a_hung_step():
     import time as _time
 
-    with LiberoEnvPool(num_workers=0, image_size=32) as envs:
+    with EnvPool(num_workers=0, image_size=32) as envs:
         reset = {"suite": SUITE, "task_id": 0, "init_state_id": 0}
         assert not envs.run({0: ("reset", reset)})[0].fault
         envs.step_timeout = 2.0

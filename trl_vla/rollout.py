@@ -2,7 +2,7 @@
 
 ```
 prompts (suite, task_id, init_state_id, instruction)        one row per episode
-  -> LiberoEnvPool: N persistent worker processes, one environment each (rebuilt only when the task changes)
+  -> EnvPool: N persistent worker processes, one environment each (rebuilt only when the task changes)
   -> per decision step: ONE batched policy call for every environment waiting for an action,
      each environment runs the returned chunk open-loop and renders once at its end
   -> RolloutBatch: per decision step the observation, token ids, log-probs, validity mask; per episode the outcome
@@ -42,7 +42,7 @@ from .envs.base import PROMPT_COLUMNS, SimulationError
 
 __all__ = [
     "EnvReply",
-    "LiberoEnvPool",
+    "EnvPool",
     "RolloutBatch",
     "collect_rollouts",
     "make_env_pool",
@@ -282,7 +282,7 @@ def _shutdown(workers: list[_Worker]) -> None:
     workers.clear()
 
 
-class LiberoEnvPool:
+class EnvPool:
     """Persistent simulator workers, one environment each, driven by `collect_rollouts`.
 
     Args:
@@ -457,19 +457,19 @@ class LiberoEnvPool:
             self._local.drop_env()
         self._finalizer()
 
-    def __enter__(self) -> LiberoEnvPool:
+    def __enter__(self) -> EnvPool:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"LiberoEnvPool(num_workers={self.num_workers}, env_kwargs={self._env_kwargs})"
+        return f"EnvPool(num_workers={self.num_workers}, env_kwargs={self._env_kwargs})"
 
 
-def make_env_pool(num_workers: int = 2, **kwargs: Any) -> LiberoEnvPool:
-    """The simulator pool the rollout trainers and `evaluate_policy` create: `LiberoEnvPool(num_workers, **kwargs)`."""
-    return LiberoEnvPool(num_workers=num_workers, **kwargs)
+def make_env_pool(num_workers: int = 2, **kwargs: Any) -> EnvPool:
+    """The simulator pool the rollout trainers and `evaluate_policy` create: `EnvPool(num_workers, **kwargs)`."""
+    return EnvPool(num_workers=num_workers, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -683,7 +683,7 @@ def _policy_device(policy: Any) -> torch.device:
 
 def collect_rollouts(
     policy: Any,
-    envs: LiberoEnvPool,
+    envs: EnvPool,
     prompts: Any,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
@@ -702,7 +702,7 @@ def collect_rollouts(
 
     Args:
         policy: Anything with the policy contract (`trl_vla.policy`).
-        envs: A `LiberoEnvPool` (or `make_env_pool(...)`).
+        envs: A `EnvPool` (or `make_env_pool(...)`).
         prompts: A `datasets.Dataset` (or list of dicts) with columns `suite`, `task_id`, `init_state_id`,
             `instruction`; repeat rows for several episodes per prompt.
         temperature: Sampling temperature (0 = greedy).

@@ -213,6 +213,12 @@ class RolloutTrainerMixin:
         return self._micro_batches_per_pass * self.args.num_iterations
 
     @property
+    def optimizer_steps_per_round(self) -> int:
+        """Optimizer steps (`state.global_step` increments) each generation round gives: `num_minibatches` for each
+        of its `num_iterations` passes. A callback that acts once per round checks `global_step % this == 0`."""
+        return self.args.num_minibatches * self.args.num_iterations
+
+    @property
     def _progress(self) -> RolloutProgress:
         # Looked up each time: resuming with `restore_callback_states_from_checkpoint` replaces the callback object.
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RolloutProgress))
