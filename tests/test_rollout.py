@@ -307,9 +307,7 @@ def _noisy_libero_env(suite, task_id, **kwargs):
 
 @pytest.mark.slow
 def test_worker_output_goes_to_its_log(tmp_path, capfd):
-    with EnvPool(
-        num_workers=1, image_size=32, log_dir=str(tmp_path / "logs"), env_factory=_noisy_libero_env
-    ) as envs:
+    with EnvPool(num_workers=1, image_size=32, log_dir=str(tmp_path / "logs"), env_factory=_noisy_libero_env) as envs:
         reply = envs.run({0: ("reset", {"suite": SUITE, "task_id": 0, "init_state_id": 0})})[0]
         assert not reply.fault
     out, err = capfd.readouterr()
