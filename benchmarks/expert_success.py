@@ -16,7 +16,7 @@ import time
 
 from trl_vla import ActionSpace
 from trl_vla.envs.libero import placement_seed
-from trl_vla.teachers.libero_runtime import MAX_EPISODE_STEPS, make_state_env, run_expert_episode
+from trl_vla.envs.libero_render_free import MAX_EPISODE_STEPS, make_state_env, run_expert_episode
 from trl_vla.teachers.scripted_libero import ScriptedLiberoExpert, supported_tasks
 
 

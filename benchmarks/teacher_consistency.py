@@ -31,7 +31,7 @@ import torch
 from trl_vla import ActionSpace, compute_norm_stats
 from trl_vla.action_tokenizer import normalize_actions
 from trl_vla.envs.libero import placement_seed
-from trl_vla.teachers.libero_runtime import MAX_EPISODE_STEPS, make_state_env, run_expert_episode
+from trl_vla.envs.libero_render_free import MAX_EPISODE_STEPS, make_state_env, run_expert_episode
 from trl_vla.teachers.scripted_libero import ExpertQuery, ScriptedLiberoExpert, expert_action
 
 

@@ -11,14 +11,14 @@ from trl_vla import ActionSpace, ActionTokenizer, normalize_actions
 pytest.importorskip("libero")
 torch.set_num_threads(1)
 
-from trl_vla.envs.libero_state import MAX_OBSTACLE_BOXES, extract_privileged_state  # noqa: E402
-from trl_vla.teachers import ScriptedLiberoExpert, plan_actions, supported_tasks  # noqa: E402
-from trl_vla.teachers.libero_runtime import (  # noqa: E402
+from trl_vla.envs.libero_render_free import (  # noqa: E402
     MAX_EPISODE_STEPS,
     NUM_WAIT_STEPS,
     make_state_env,
     run_expert_episode,
 )
+from trl_vla.envs.libero_state import MAX_OBSTACLE_BOXES, extract_privileged_state  # noqa: E402
+from trl_vla.teachers import ScriptedLiberoExpert, plan_actions, supported_tasks  # noqa: E402
 from trl_vla.teachers.scripted_libero import closed_loop_actions, expert_action  # noqa: E402
 
 

@@ -17,7 +17,8 @@ Which divergence does what (p_S student, p_T teacher):
 * `hard_ce`: cross-entropy on the teacher's argmax bin (DAgger-style labels). Discards the teacher's uncertainty
   (entropy collapses).
 
-Also here, the other per-token objectives and statistics the trainers share: `token_entropy`, and GRPO's
+Also here, the other per-token objectives and statistics the trainers and models share: `action_cross_entropy`
+(behaviour cloning on action bins), `token_entropy`, and GRPO's
 `group_advantages` and `clipped_policy_loss` (the sparse-reward baseline of `VLAGRPOTrainer`).
 """
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "LOSSES",
+    "action_cross_entropy",
     "clipped_policy_loss",
     "forward_kl",
     "generalized_jsd",
@@ -50,6 +52,12 @@ def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: tor
         )
     if mask.shape != student_logits.shape[:-1]:
         raise ValueError(f"`mask` has shape {tuple(mask.shape)}, expected {tuple(student_logits.shape[:-1])}.")
+
+
+def action_cross_entropy(action_logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of action-bin logits `[B, A, n_bins]` against target columns `[B, A]` (`-100`: ignored),
+    in float32: the loss the models' forwards return for `labels`."""
+    return F.cross_entropy(action_logits.flatten(0, 1).float(), columns.flatten(), ignore_index=-100)
 
 
 def token_entropy(log_probs: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import AddedToken
 from transformers import (
     AutoConfig,
@@ -61,6 +60,7 @@ from ..action_tokenizer import (
     select_norm_stats,
     unnormalize_actions,
 )
+from ..losses import action_cross_entropy
 from ..policy import sample_from_logits
 from .tiny import N_ACTION_BINS, make_tiny_tokenizer
 
@@ -403,7 +403,7 @@ class VLMForActionPrediction(PreTrainedModel):
         loss = None
         if labels is not None:
             columns = self.action_tokenizer.token_ids_to_columns(labels).masked_fill(labels == -100, -100)
-            loss = F.cross_entropy(action_logits.flatten(0, 1).float(), columns.flatten(), ignore_index=-100)
+            loss = action_cross_entropy(action_logits, columns)
         return VLMActionOutput(loss=loss, action_logits=action_logits)
 
     def action_logits(self, inputs: Mapping[str, Any], action_token_ids: torch.LongTensor) -> torch.Tensor:

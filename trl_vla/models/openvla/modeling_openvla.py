@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import timm
 import torch
-import torch.nn.functional as F
 from timm.layers import LayerScale
 from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ...action_tokenizer import ActionSpace, select_norm_stats, unnormalize_actions
+from ...losses import action_cross_entropy
 from ...policy import sample_from_logits
 from .configuration_openvla import OpenVLAConfig
 
@@ -336,7 +336,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         loss = None
         if labels is not None:
             columns = config.action_tokenizer().token_ids_to_columns(labels).masked_fill(labels == -100, -100)
-            loss = F.cross_entropy(action_logits.flatten(0, 1).float(), columns.flatten(), ignore_index=-100)
+            loss = action_cross_entropy(action_logits, columns)
         return OpenVLAOutput(loss=loss, action_logits=action_logits)
 
     # ---------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Fast, render-free LIBERO episodes for the scripted expert (benchmarks, tests, its own development).
+"""Fast, render-free LIBERO episodes for privileged policies (the scripted expert's benchmarks and tests).
 
-The expert reads only the privileged state, so its own evaluation needs no camera: `make_state_env` builds LIBERO's
+A policy that reads only the privileged state needs no camera: `make_state_env` builds LIBERO's
 `ControlEnv` without an offscreen renderer (about 100 physics steps/s on one CPU core, against 6-19 with rendering),
 and `run_expert_episode` runs LIBERO's standard protocol (reset, fixed init state, 10 no-op steps with the gripper
-open, then at most `MAX_EPISODE_STEPS[suite]` expert steps, success = the task's goal predicate).
+open, then at most `MAX_EPISODE_STEPS[suite]` policy steps, success = the task's goal predicate).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..envs.libero import MAX_EPISODE_STEPS, NUM_WAIT_STEPS
-from ..envs.libero_setup import setup_libero
-from ..envs.libero_state import extract_privileged_state
+from .libero import MAX_EPISODE_STEPS, NUM_WAIT_STEPS
+from .libero_setup import setup_libero
+from .libero_state import extract_privileged_state
 
 
 __all__ = ["MAX_EPISODE_STEPS", "NUM_WAIT_STEPS", "make_state_env", "run_expert_episode", "setup_libero"]
