@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .scripted_libero import ScriptedLiberoExpert, plan_actions, supported_tasks
 
@@ -57,9 +56,11 @@ def collect_demonstrations(
     keep_failures: bool = False,
     plan_chunk_size: int | None = None,
     progress: bool = True,
+    num_envs: int = 2,
     **env_kwargs: Any,
 ) -> Any:
-    """Roll out the scripted expert in `LiberoEnv` and record every frame.
+    """Roll out the scripted expert in `LiberoEnv` (with the rollout engine, `num_envs` simulator workers) and record
+    every frame.
 
     Args:
         suite: LIBERO suite, e.g. `"libero_object"`.
@@ -68,13 +69,15 @@ def collect_demonstrations(
             (default: `k % 50`).
         image_size: Side of the rendered agent-view image.
         init_state_ids: Init states to use, cycled through.
-        keep_failures: Keep the frames of failed episodes too (their rows have `success=False`).
+        keep_failures: Keep the frames of failed episodes too (their rows have `success=False`). Episodes the
+            simulator faulted on are never kept.
         plan_chunk_size: Also record, per frame, the expert's open-loop plan of this many actions from that frame's
             state (`action_chunk`, `[plan_chunk_size, 7]`, its first action the executed one). `VLASFTTrainer`
             learns these chunks instead of the next executed actions: the targets the scripted OPD teacher of a
             student with this chunk size agrees with.
         progress: Show a progress bar over episodes.
-        **env_kwargs: Passed on to `LiberoEnv`.
+        num_envs: Simulator workers (`trl_vla.rollout.make_env_pool`; 0 runs the simulator in this process).
+        **env_kwargs: Passed on to `LiberoEnv` (e.g. `wrist_camera`, `max_episode_steps`, `cheap_rendering`).
 
     Returns:
         A `datasets.Dataset` with one row per frame: `image` (HxWx3 uint8, a `datasets.Image`), `wrist_image` (with
@@ -85,7 +88,8 @@ def collect_demonstrations(
     """
     import datasets
 
-    from ..envs.libero import LiberoEnv
+    from ..envs.libero import make_prompts
+    from ..rollout import collect_rollouts, make_env_pool
 
     task_ids = list(supported_tasks(suite) if task_ids is None else task_ids)
     unsupported = [t for t in task_ids if t not in supported_tasks(suite)]
@@ -98,66 +102,58 @@ def collect_demonstrations(
     if plan_chunk_size is not None and plan_chunk_size < 1:
         raise ValueError(f"`plan_chunk_size` must be positive, got {plan_chunk_size}.")
 
+    starts = [
+        int(init_state_ids[k % len(init_state_ids)]) if init_state_ids else k % 50 for k in range(episodes_per_task)
+    ]
+    prompts = datasets.concatenate_datasets([make_prompts(suite, [task_id], starts) for task_id in task_ids])
+    policy = _ExpertPolicy(ScriptedLiberoExpert(suite))
+    with make_env_pool(num_workers=num_envs, image_size=image_size, **env_kwargs) as envs:
+        rollout = collect_rollouts(policy, envs, prompts, temperature=0.0, progress=progress)
+
     wrist_camera = bool(env_kwargs.get("wrist_camera", False))
     columns: dict[str, list] = {
         name: [] for name in demonstration_features(plan_chunk_size=plan_chunk_size, wrist_camera=wrist_camera)
     }
-    proprio_dim = None
-    episode_index = 0
-    bar = tqdm(total=len(task_ids) * episodes_per_task, desc=f"{suite} demonstrations", disable=not progress)
-    for task_id in task_ids:
-        expert = ScriptedLiberoExpert(suite, task_id)
-        env = LiberoEnv(suite, task_id, image_size=image_size, **env_kwargs)
-        try:
-            for k in range(episodes_per_task):
-                init_state_id = int(init_state_ids[k % len(init_state_ids)] if init_state_ids is not None else k % 50)
-                frames, success = _record_episode(env, expert, init_state_id, plan_chunk_size)
-                bar.update(1)
-                bar.set_postfix(task=task_id, success=success)
-                if not (success or keep_failures):
-                    continue
-                for frame_index, (observation, action, plan) in enumerate(frames):
-                    proprio = observation["proprio"]
-                    proprio_dim = len(proprio)
-                    columns["image"].append(observation["image"])
-                    if wrist_camera:
-                        columns["wrist_image"].append(observation["wrist_image"])
-                    columns["proprio"].append(proprio)
-                    columns["instruction"].append(env.instruction)
-                    columns["action"].append(action)
-                    columns["episode_index"].append(episode_index)
-                    columns["frame_index"].append(frame_index)
-                    columns["task_id"].append(task_id)
-                    columns["init_state_id"].append(init_state_id)
-                    columns["success"].append(success)
-                    if plan is not None:
-                        columns["action_chunk"].append(plan)
-                episode_index += 1
-        finally:
-            env.close()
-    bar.close()
+    proprio_dim, episode_index = None, 0
+    for e, prompt in enumerate(rollout.prompts):
+        success = bool(rollout.success[e])
+        if rollout.fault[e] or not (success or keep_failures):
+            continue
+        for frame_index, observation in enumerate(rollout.observations[e]):
+            proprio = np.asarray(observation["proprio"], np.float32)
+            proprio_dim = len(proprio)
+            columns["image"].append(np.asarray(observation["image"], np.uint8))
+            if wrist_camera:
+                columns["wrist_image"].append(np.asarray(observation["wrist_image"], np.uint8))
+            columns["proprio"].append(proprio)
+            columns["instruction"].append(rollout.instructions[e])
+            columns["action"].append(rollout.actions[e, frame_index, 0])
+            columns["episode_index"].append(episode_index)
+            columns["frame_index"].append(frame_index)
+            columns["task_id"].append(int(prompt["task_id"]))
+            columns["init_state_id"].append(int(prompt["init_state_id"]))
+            columns["success"].append(success)
+            if plan_chunk_size is not None:
+                columns["action_chunk"].append(plan_actions(observation["privileged_state"], plan_chunk_size))
+        episode_index += 1
     features = demonstration_features(
         image_size, proprio_dim if proprio_dim is not None else 8, plan_chunk_size, wrist_camera
     )
     return datasets.Dataset.from_dict(columns, features=features)
 
 
-def _record_episode(
-    env: Any, expert: ScriptedLiberoExpert, init_state_id: int, plan_chunk_size: int | None = None
-) -> tuple[list[tuple], bool]:
-    """One episode of the standard protocol: `[(observation, action, plan or None), ...]` (the observation's uint8
-    images and float32 proprioception) and whether it succeeded."""
-    observation, info = env.reset(options={"init_state_id": init_state_id})
-    frames = []
-    for _ in range(env.max_episode_steps):
-        state = info["privileged_state"]
-        action = expert.action(state)
-        plan = None if plan_chunk_size is None else plan_actions(state, plan_chunk_size)
-        recorded = {k: np.asarray(v, np.float32 if k == "proprio" else np.uint8) for k, v in observation.items()}
-        frames.append((recorded, action, plan))
-        observation, _, terminated, truncated, info = env.step(action)
-        if info.get("success", False):
-            return frames, True
-        if terminated or truncated:
-            break
-    return frames, False
+class _ExpertPolicy:
+    """The scripted expert as a rollout policy that executes its continuous action (its tokens, which a rollout
+    records, decode to the centre of that action's bin)."""
+
+    def __init__(self, expert: ScriptedLiberoExpert):
+        self.expert = expert
+        self.action_space = expert.action_space
+
+    def build_inputs(self, observations, instructions=None):
+        return self.expert.build_inputs(observations, instructions)
+
+    def sample_actions(self, inputs, temperature: float = 0.0, generator=None):
+        token_ids, log_probs, _ = self.expert.sample_actions(inputs, temperature=0.0)
+        actions = np.stack([self.expert.action(query.state) for query in inputs])[:, None]
+        return token_ids, log_probs, actions.astype(np.float32)
