@@ -18,6 +18,27 @@ and of the workers after the warm-up round and at the end.
     python benchmarks/soak.py --minutes 3 --fault_every_s 10
 
 The last line is `silent losses: <n>, hangs: <n>`.
+
+Measured here (`python benchmarks/soak.py`, defaults, 2 CPU cores, 2026-12-01): 30.1 minutes, 2 workers, 179 rounds.
+
+| what | injected | accounted |
+|---|---|---|
+| SIGKILL + SIGSTOP of a worker | 17 (6 SIGKILL, 11 SIGSTOP) | 17 restarts (17 ended an episode as a fault) |
+| exception in a reset (rate 0.05) | 23 | 23 faults |
+| NaN action | 18 | 18 raised errors (72 episodes of 18 rounds lost, reported) |
+| other faults | - | 0 |
+
+| measure | value |
+|---|---|
+| episodes completed | 644 |
+| env steps | 38816 (21.5/s) |
+| hangs (rounds > 240 s) | 0 |
+| RSS trainer process, MB (after warm-up -> end) | 960 -> 969 (+0.9%) |
+| RSS workers, MB (after warm-up -> end) | 5433 -> 5855 (+7.8%) |
+
+Every injected fault was accounted and nothing hung. The workers' memory grew 7.8% over 30 minutes, above the 5%
+aimed at: not investigated yet (the two processes alive at the end include restarted ones; the growth is per
+surviving worker, about 200 MB).
 """
 
 import argparse
