@@ -16,7 +16,8 @@ import time
 import numpy as np
 import torch
 
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy
+from trl_vla.testing import make_tiny_openvla
 
 
 MODES = {"autoregressive": 1, "parallel": 8}  # decoding -> chunk size (OpenVLA / OpenVLA-OFT on LIBERO)

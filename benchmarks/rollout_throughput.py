@@ -30,8 +30,9 @@ from trl_vla.envs.libero import (
     placement_seed,
     task_info,
 )
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy
 from trl_vla.rollout import EnvPool, collect_rollouts
+from trl_vla.testing import make_tiny_openvla
 
 
 def naive_rollouts(policy, prompts, image_size: int, max_steps: int, seed: int) -> dict[str, float]:

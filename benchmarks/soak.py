@@ -56,8 +56,9 @@ import torch
 
 from trl_vla.envs.base import SimulationError
 from trl_vla.envs.libero import LiberoEnv, make_prompts
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy
 from trl_vla.rollout import EnvPool, collect_rollouts
+from trl_vla.testing import make_tiny_openvla
 
 
 INJECTED_RESET = "injected reset fault"

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
+from trl_vla.testing import make_tiny_openvla
 
 
 def toy_data(processor, tokenizer, n: int = 64, seed: int = 0):

@@ -63,8 +63,9 @@ from trl_vla.envs.robotwin import (
     make_robotwin_env,
     make_robotwin_prompts,
 )
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
 from trl_vla.rollout import make_env_pool
+from trl_vla.testing import make_tiny_openvla
 
 
 @dataclass

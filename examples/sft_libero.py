@@ -43,7 +43,8 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_vla import VLASFTConfig, VLASFTTrainer
 from trl_vla.action_tokenizer import compute_norm_stats
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy
+from trl_vla.testing import make_tiny_openvla
 from trl_vla.trainer.sft_trainer import add_norm_stats
 
 

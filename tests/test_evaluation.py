@@ -14,7 +14,8 @@ SUITE = "libero_object"
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
-    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_openvla
+    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy
+    from trl_vla.testing import make_tiny_openvla
 
     path = make_tiny_openvla(str(tmp_path_factory.mktemp("student")), decoding="parallel", chunk_size=8, seed=0)
     model = OpenVLAForActionPrediction.from_pretrained(path).eval()

@@ -126,7 +126,7 @@ SUITE = "libero_object"
 
 @pytest.fixture(scope="module")
 def student_path(tmp_path_factory):
-    from trl_vla.models import make_tiny_openvla
+    from trl_vla.testing import make_tiny_openvla
 
     return make_tiny_openvla(str(tmp_path_factory.mktemp("student")), decoding="parallel", chunk_size=8, seed=0)
 

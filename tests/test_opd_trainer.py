@@ -13,9 +13,10 @@ import torch
 
 from trl_vla import ActionTokenizer, VLAOPDConfig, VLAOPDTrainer, select_norm_stats
 from trl_vla.envs.libero import make_prompts
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
 from trl_vla.teachers import ScriptedLiberoExpert
 from trl_vla.teachers.scripted_libero import expert_action
+from trl_vla.testing import make_tiny_openvla
 from trl_vla.trainer.learning_curve import learning_curve_series
 
 
@@ -258,24 +259,31 @@ def main(out, student):
     args = VLAOPDConfig(
         output_dir=os.path.join(out, "run"), report_to=["tensorboard", "trackio"], project="trl-vla-test",
         run_name="opd", use_cpu=True, max_steps=2, logging_steps=1, prompts_per_step=1, num_generations=1,
-        num_envs=1, max_episode_steps=16, save_strategy="no", num_videos=0, seed=0,
+        num_envs=1, max_episode_steps=16, save_strategy="no", num_videos=1, seed=0,
     )
     trainer = VLAOPDTrainer(
         model=model, teacher_model=ScriptedLiberoExpert("libero_object", action_space=model.action_space),
         args=args, train_dataset=make_prompts("libero_object", [0], [0]),
+        eval_dataset=make_prompts("libero_object", [0], [1]),
         processing_class=OpenVLAProcessor.from_pretrained(student),
     )
     trainer.train()
+    trainer.evaluate()
+    trainer.create_model_card(model_name="tiny")
     trainer.close()
     logged = [h for h in trainer.state.log_history if "reverse_kl" in h]
     board = EventAccumulator(os.environ["TENSORBOARD_LOGGING_DIR"])
     board.Reload()
-    tracked = [r for r in SQLiteStorage.get_logs("trl-vla-test", "opd") if "train/reverse_kl" in r]
+    logs = SQLiteStorage.get_logs("trl-vla-test", "opd")
+    tracked = [r for r in logs if "train/reverse_kl" in r]
+    media = sorted({k for r in logs for k, v in r.items() if isinstance(v, dict) and v.get("_type")})
     print("RESULT " + json.dumps({
         "logged": [[h["step"], h["reverse_kl"], h["success_rate"]] for h in logged],
         "tensorboard": [[e.step, e.value] for e in board.Scalars("train/reverse_kl")],
         "tensorboard_success": [e.value for e in board.Scalars("train/success_rate")],
         "trackio": [[r["train/global_step"], r["train/reverse_kl"], r["train/success_rate"]] for r in tracked],
+        "tensorboard_images": sorted(board.Tags()["images"]),
+        "trackio_media": media,
     }))
 
 if __name__ == "__main__":
@@ -285,7 +293,8 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 def test_metrics_reach_tensorboard_and_trackio_offline(student_path, tmp_path):
-    """`report_to=["tensorboard", "trackio"]` runs offline and both back-ends hold the trainer's own metrics."""
+    """`report_to=["tensorboard", "trackio"]` runs offline and both back-ends hold the trainer's own metrics, its
+    evaluation video and its learning curve."""
     script = tmp_path / "log_run.py"
     script.write_text(_LOGGING_SCRIPT)
     env = {
@@ -310,6 +319,9 @@ def test_metrics_reach_tensorboard_and_trackio_offline(student_path, tmp_path):
         assert board_kl == pytest.approx(kl, rel=1e-6) and track_kl == pytest.approx(kl, rel=1e-6)
         assert track_success == success
     assert values["tensorboard_success"] == [success for _, _, success in logged]
+    # The evaluation video (a strip of frames on tensorboard) and the learning curve reach both back-ends.
+    assert values["tensorboard_images"] == ["eval/video_0", "learning_curve"]
+    assert values["trackio_media"] == ["eval/video_0", "learning_curve"]
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from trl_vla.models import (
     OpenVLAProcessor,
     VLAPolicy,
     load_vla,
-    make_tiny_openvla,
 )
+from trl_vla.testing import make_tiny_openvla
 
 
 torch.set_num_threads(1)

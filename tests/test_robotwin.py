@@ -293,7 +293,7 @@ def test_losses_on_robotwin_action_tokens_respect_partially_executed_chunks():
 
 @pytest.fixture(scope="module")
 def robotwin_student(tmp_path_factory):
-    from trl_vla.models import make_tiny_openvla
+    from trl_vla.testing import make_tiny_openvla
 
     _, stats = _oft_style_stats(np.random.default_rng(0))
     return make_tiny_openvla(

@@ -12,8 +12,9 @@ import torch
 
 from trl_vla import ActionTokenizer, sample_from_logits
 from trl_vla.envs.libero import WAIT_ACTION, make_prompts
-from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy, make_tiny_openvla
+from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, VLAPolicy
 from trl_vla.rollout import EnvPool, RolloutBatch, collect_rollouts, save_video
+from trl_vla.testing import make_tiny_openvla
 
 
 torch.set_num_threads(1)

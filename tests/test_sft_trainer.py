@@ -136,7 +136,7 @@ def _demos(num_episodes=2, length=5, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_student(tmp_path_factory):
-    from trl_vla.models import make_tiny_openvla
+    from trl_vla.testing import make_tiny_openvla
 
     demos = _demos()
     path = make_tiny_openvla(
@@ -283,7 +283,8 @@ def test_configs_run_float32_on_cpu_unless_asked(config_class, tmp_path):
 
 
 def test_load_student_from_a_path_or_a_model(tmp_path):
-    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor, make_tiny_openvla
+    from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
+    from trl_vla.testing import make_tiny_openvla
     from trl_vla.trainer.student_setup import load_student
 
     path = make_tiny_openvla(str(tmp_path / "tiny"), decoding="parallel", chunk_size=2, seed=0)

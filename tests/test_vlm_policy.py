@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
 from trl_vla import ActionTokenizer, compute_norm_stats, unnormalize_actions
-from trl_vla.models import VLAPolicy, load_vla, make_tiny_openvla
+from trl_vla.models import VLAPolicy, load_vla
 from trl_vla.models.vlm_policy import (
     VLMActionConfig,
     VLMActionProcessor,
     VLMForActionPrediction,
-    make_tiny_vlm_policy,
 )
+from trl_vla.testing import make_tiny_openvla, make_tiny_vlm_policy
 from trl_vla.trainer.sft_config import VLASFTConfig
 from trl_vla.trainer.sft_trainer import VLASFTTrainer
 

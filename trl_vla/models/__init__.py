@@ -1,9 +1,8 @@
 """VLA models that emit discrete action tokens, and the policy glue the trainers use."""
 
 from .openvla import OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAImageProcessor, OpenVLAProcessor
-from .tiny import make_tiny_openvla
 from .vla_policy import VLAPolicy, as_policy, load_vla
-from .vlm_policy import VLMActionConfig, VLMActionProcessor, VLMForActionPrediction, make_tiny_vlm_policy
+from .vlm_policy import VLMActionConfig, VLMActionProcessor, VLMForActionPrediction
 
 
 __all__ = [
@@ -17,6 +16,4 @@ __all__ = [
     "VLMForActionPrediction",
     "as_policy",
     "load_vla",
-    "make_tiny_openvla",
-    "make_tiny_vlm_policy",
 ]

@@ -21,7 +21,7 @@ positions from them or from the KV cache: the Llava family (checked here on `Lla
 VLMs built the same way. Families that need further per-token inputs (Qwen2-VL's `mm_token_type_ids` for M-RoPE,
 PaliGemma's `token_type_ids` for prefix attention) are refused with an error rather than scored wrongly.
 
-`make_tiny_vlm_policy` writes a tiny, randomly initialised Llava (SigLIP vision tower + Llama language model) policy
+`trl_vla.testing.make_tiny_vlm_policy` writes a tiny, randomly initialised Llava (SigLIP vision tower + Llama language model) policy
 whose tokenizer is trained locally: a real VLM family that builds and loads without any download.
 """
 
@@ -36,19 +36,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import AddedToken
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
     PreTrainedConfig,
     PreTrainedModel,
-    SiglipImageProcessor,
-    SiglipVisionConfig,
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import PROCESSOR_NAME, ModelOutput, cached_file
@@ -56,13 +49,11 @@ from transformers.utils import PROCESSOR_NAME, ModelOutput, cached_file
 from ..action_tokenizer import (
     ActionSpace,
     ActionTokenizer,
-    identity_norm_stats,
     select_norm_stats,
     unnormalize_actions,
 )
 from ..losses import action_cross_entropy
 from ..policy import sample_from_logits
-from .tiny import N_ACTION_BINS, make_tiny_tokenizer
 
 
 __all__ = [
@@ -71,7 +62,6 @@ __all__ = [
     "VLMActionOutput",
     "VLMActionProcessor",
     "VLMForActionPrediction",
-    "make_tiny_vlm_policy",
 ]
 
 DEFAULT_ACTION_PROMPT = "{image}In: What action should the robot take to {instruction}?\nOut:"
@@ -210,7 +200,8 @@ class VLMForActionPrediction(PreTrainedModel):
 
     ```python
     >>> import numpy as np
-    >>> from trl_vla.models.vlm_policy import VLMActionProcessor, VLMForActionPrediction, make_tiny_vlm_policy
+    >>> from trl_vla.models.vlm_policy import VLMActionProcessor, VLMForActionPrediction
+    >>> from trl_vla.testing import make_tiny_vlm_policy
     >>> path = make_tiny_vlm_policy("tiny-llava-vla")
     >>> model, processor = VLMForActionPrediction.from_pretrained(path), VLMActionProcessor.from_pretrained(path)
     >>> inputs = processor(images=[np.zeros((224, 224, 3), np.uint8)], text=["open the microwave"])
@@ -558,93 +549,3 @@ class VLMActionProcessor:
 AutoConfig.register(VLMActionConfig.model_type, VLMActionConfig, exist_ok=True)
 AutoModelForImageTextToText.register(VLMActionConfig, VLMForActionPrediction, exist_ok=True)
 AutoProcessor.register(VLMActionConfig, VLMActionProcessor, exist_ok=True)
-
-
-def make_tiny_vlm_policy(
-    path: str | os.PathLike,
-    action_dim: int = 7,
-    chunk_size: int = 1,
-    image_size: int = 32,
-    norm_stats: Mapping[str, Any] | None = None,
-    unnorm_key: str = "libero",
-    seed: int = 0,
-) -> str:
-    """Write a tiny, randomly initialised Llava policy (model + `VLMActionProcessor`) to `path`; nothing downloads.
-
-    The VLM is a real `LlavaForConditionalGeneration`: a 2-layer SigLIP vision tower (`image_size` pixels, 8-pixel
-    patches, so `(image_size / 8) ** 2` image tokens), a 2-layer Llama language model and a SigLIP image processor. Its
-    tokenizer is `make_tiny_openvla`'s (BPE trained on LIBERO prompts, then 256 action tokens, then `<PAD>`) plus an
-    `<image>` token, so its action space equals that of a tiny OpenVLA with the same action settings: the two can be
-    distilled into each other.
-
-    Args:
-        path: Output directory.
-        action_dim: Dimensions of one action.
-        chunk_size: Actions per decision.
-        image_size: Input resolution (the processor resizes camera images to it); a multiple of 8.
-        norm_stats: `{unnorm_key: {"action": {...}}}`; defaults to the identity on `[-1, 1]` (gripper unmasked).
-        unnorm_key: Key of the statistics the model un-normalises with.
-        seed: Seed of the random initialisation.
-
-    Returns:
-        `path`, as a string, for `VLMForActionPrediction.from_pretrained` and `VLMActionProcessor.from_pretrained`
-        (or `AutoModelForImageTextToText` / `AutoProcessor`).
-    """
-    patch_size = 8
-    if image_size % patch_size:
-        raise ValueError(f"`image_size` must be a multiple of the patch size {patch_size}, got {image_size}.")
-    norm_stats = dict(norm_stats) if norm_stats is not None else {unnorm_key: identity_norm_stats(action_dim)}
-    tokenizer = make_tiny_tokenizer()
-    action_vocab_size = len(tokenizer) - 1  # the action tokens end the base vocabulary; <PAD> follows them
-    tokenizer.add_tokens([AddedToken("<image>", special=True)], special_tokens=True)
-    processor = LlavaProcessor(
-        image_processor=SiglipImageProcessor(size={"height": image_size, "width": image_size}),
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="full",
-        image_token="<image>",
-    )
-    vision_config = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vlm_config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_id=processor.image_token_id,
-        image_seq_length=(image_size // patch_size) ** 2,
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        vlm = LlavaForConditionalGeneration(vlm_config)
-    model = VLMForActionPrediction.from_vlm(
-        vlm,
-        action_dim=action_dim,
-        chunk_size=chunk_size,
-        n_bins=N_ACTION_BINS,
-        action_vocab_size=action_vocab_size,
-        norm_stats=norm_stats,
-        unnorm_key=unnorm_key,
-    )
-    select_norm_stats(norm_stats, unnorm_key)  # fail now on a missing key, not at the first action
-    model.save_pretrained(path)
-    VLMActionProcessor(processor).save_pretrained(path)
-    return str(path)

@@ -24,6 +24,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import RepeatSampler, identity, shuffle_sequence_dict
 
 from ..envs.base import PROMPT_COLUMNS
+from .media_logging import log_media
 from .model_card import write_model_card
 from .student_setup import load_student
 
@@ -395,8 +396,8 @@ class RolloutTrainerMixin:
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Roll the student out greedily once per evaluation prompt and report its success rate.
 
-        Videos of the first `num_videos` episodes go to `output_dir/videos/` (and to wandb if it is a `report_to`
-        back-end).
+        Videos of the first `num_videos` episodes go to `output_dir/videos/`, and to the `report_to` back-ends that
+        take media (`trl_vla.trainer.media_logging`).
         """
         from ..rollout import save_video
 
@@ -420,17 +421,18 @@ class RolloutTrainerMixin:
         if rollout is not None and self.accelerator.is_main_process and self.args.num_videos > 0:
             video_dir = os.path.join(self.args.output_dir, "videos")
             os.makedirs(video_dir, exist_ok=True)
+            videos, frames = {}, {}
             for episode in range(min(self.args.num_videos, rollout.num_episodes)):
                 outcome = "success" if successes[episode] else "failure"
                 path = os.path.join(video_dir, f"step{self.state.global_step:06d}_ep{episode}_{outcome}.mp4")
-                save_video(rollout.frames(episode), path)
-                if "wandb" in (self.args.report_to or []):
-                    import wandb
-
-                    if wandb.run is not None:  # the video back-end transformers' WandbCallback logs to
-                        wandb.log({f"{metric_key_prefix}/video_{episode}": wandb.Video(path, format="mp4")})
+                tag = f"{metric_key_prefix}/video_{episode}"
+                frames[tag] = rollout.frames(episode)
+                save_video(frames[tag], path)
+                videos[tag] = path
         self.eval_history.append({"step": self.state.global_step, "env_steps": float(self.env_steps), **metrics})
-        self.log(metrics)
+        self.log(metrics)  # first: the back-ends' callbacks (re)open their runs when they log
+        if rollout is not None and self.accelerator.is_main_process and self.args.num_videos > 0:
+            log_media(self, videos=videos, frames=frames)
         return metrics
 
     # ------------------------------------------------------------------------------------------------------------
@@ -444,6 +446,9 @@ class RolloutTrainerMixin:
         if not self.is_world_process_zero():
             return
         write_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
+        curve = os.path.join(self.args.output_dir, "learning_curve.png")
+        if os.path.exists(curve):
+            log_media(self, images={"learning_curve": curve})
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
         """Save the student, its processor and the model card locally, then upload them. A failed upload loses
