@@ -282,6 +282,7 @@ def test_configs_run_float32_on_cpu_unless_asked(config_class, tmp_path):
     assert config_class(output_dir=str(tmp_path), use_cpu=True, report_to="none", bf16=True).bf16 is True
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft reads transformers' old name
 def test_load_student_from_a_path_or_a_model(tmp_path):
     from trl_vla.models import OpenVLAForActionPrediction, OpenVLAProcessor
     from trl_vla.testing import make_tiny_openvla
