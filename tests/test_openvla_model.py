@@ -446,3 +446,15 @@ def make_identity_stats():
     from trl_vla import identity_norm_stats
 
     return identity_norm_stats(7)
+
+
+def test_processor_takes_read_only_images_without_a_warning(ar_path):
+    import warnings
+
+    processor = OpenVLAProcessor.from_pretrained(ar_path)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image.flags.writeable = False  # as `datasets` returns its image columns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inputs = processor(images=[image], text=["pick up the bowl"])
+    assert inputs["pixel_values"].shape[0] == 1 and torch.isfinite(inputs["pixel_values"]).all()

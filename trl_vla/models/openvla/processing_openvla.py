@@ -63,7 +63,11 @@ class OpenVLAImageProcessor(BaseImageProcessor):
     def _to_uint8_chw(image: ImageInput) -> torch.Tensor:
         if isinstance(image, Image.Image):
             image = np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
-        tensor = torch.as_tensor(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+        if isinstance(image, np.ndarray):
+            image = np.ascontiguousarray(image)
+            # A read-only array (a `datasets` column, a shared buffer): torch refuses to wrap it, so copy it.
+            image = image if image.flags.writeable else image.copy()
+        tensor = torch.as_tensor(image) if isinstance(image, np.ndarray) else image
         if tensor.dim() != 3 or tensor.shape[-1] != 3 or tensor.dtype != torch.uint8:
             raise ValueError(
                 f"Images must be uint8 [H, W, 3] arrays or PIL images, got {tuple(tensor.shape)} {tensor.dtype}."
