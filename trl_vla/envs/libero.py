@@ -219,12 +219,9 @@ class _SimSnapshot:
 
 
 def _copy_attributes(obj: Any, names: Sequence[str]) -> dict[str, Any]:
-    return {
-        name: np.copy(value) if isinstance(value, np.ndarray) else value
-        for name in names
-        if hasattr(obj, name)
-        for value in [getattr(obj, name)]
-    }
+    """The attributes `names` of `obj` that it has, numpy arrays copied."""
+    values = {name: getattr(obj, name) for name in names if hasattr(obj, name)}
+    return {name: np.copy(value) if isinstance(value, np.ndarray) else value for name, value in values.items()}
 
 
 class LiberoEnv(gym.Env):

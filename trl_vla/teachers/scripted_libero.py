@@ -599,29 +599,23 @@ class ScriptedLiberoExpert:
     def target_actions(self, inputs: Sequence[ExpertQuery], closed_loop: bool | None = None) -> np.ndarray:
         """The expert's target chunk for each decision of a batch, `[B, chunk_size, 7]`, in robot units: closed-loop
         labels (`chunk_targets`; `closed_loop=False` asks for the open-loop plan whatever they are)."""
-        targets = self.chunk_targets if closed_loop is None else ("plan" if not closed_loop else self.chunk_targets)
+        targets = "plan" if closed_loop is False else self.chunk_targets
         horizon = self._action_space.chunk_size
         if targets == "plan" or horizon == 1:
             return np.stack([plan_actions(query.state, horizon) for query in inputs])
         if targets == "lookahead":
-            missing = [i for i, query in enumerate(inputs) if query.lookahead_actions is None]
-            if missing:
-                raise ValueError(
-                    f"Decisions {missing[:5]} carry no `lookahead_actions`: lookahead chunk targets are the chunk the "
-                    "expert itself would execute from each decision state, which only environments built with "
-                    "`lookahead_policy=expert_action, lookahead_steps=chunk_size` simulate (the OPD trainer builds "
-                    "them so when the teacher has a `lookahead_policy`). Pass such an environment pool, or build the "
-                    "expert with `chunk_targets='closed_loop'` or `'plan'`."
-                )
+            _require(
+                inputs, "lookahead_actions", "lookahead chunk targets are the chunk the expert itself would execute from "
+                "each decision state, which only environments built with `lookahead_policy=expert_action, "
+                "lookahead_steps=chunk_size` simulate (the OPD trainer builds them so when the teacher has a "
+                "`lookahead_policy`)", "`chunk_targets='closed_loop'` or `'plan'`",
+            )  # fmt: skip
             return np.stack([np.asarray(query.lookahead_actions, np.float32)[:horizon] for query in inputs])
-        missing = [i for i, query in enumerate(inputs) if query.chunk_states is None]
-        if missing:
-            raise ValueError(
-                f"Decisions {missing[:5]} carry no `chunk_privileged_states`: closed-loop chunk targets label each "
-                "action at the state it was executed in, which only environments built with "
-                "`record_step_states=True` record (the OPD trainer builds them so when `needs_step_states`). Pass "
-                "such an environment pool, or build the expert with `chunk_targets='plan'`."
-            )
+        _require(
+            inputs, "chunk_states", "closed-loop chunk targets label each action at the state it was executed in, "
+            "which only environments built with `record_step_states=True` record (the OPD trainer builds them so "
+            "when `needs_step_states`)", "`chunk_targets='plan'`",
+        )  # fmt: skip
         return np.stack([closed_loop_actions(query.chunk_states, horizon) for query in inputs])
 
     def action_logits(self, inputs: Sequence[ExpertQuery], action_token_ids: Any = None) -> torch.Tensor:
@@ -684,6 +678,17 @@ class ScriptedLiberoExpert:
         return (
             f"ScriptedLiberoExpert({self.suite}, {task}, sigma={self.sigma}, chunk_size={self._action_space.chunk_size}, "
             f"chunk_targets={self.chunk_targets!r})"
+        )
+
+
+def _require(inputs: Sequence[ExpertQuery], field: str, why: str, instead: str) -> None:
+    """Raise if a decision lacks what its chunk targets are computed from (`field` of its `ExpertQuery`)."""
+    missing = [i for i, query in enumerate(inputs) if getattr(query, field) is None]
+    if missing:
+        observation_key = {"chunk_states": "chunk_privileged_states"}.get(field, field)
+        raise ValueError(
+            f"Decisions {missing[:5]} carry no `{observation_key}`: {why}. Pass such an environment pool, or build "
+            f"the expert with {instead}."
         )
 
 
