@@ -18,17 +18,33 @@ Keys (float32 unless noted; positions in metres, world frame; quaternions `xyzw`
 | `gripper_qvel` | `(2,)` | finger joint velocities (their sign says whether the gripper is opening or closing) |
 | `gripper_opening` | `(1,)` | sum of absolute finger joint positions (about 0.08 fully open, about 0 fully closed) |
 | `joint_pos` | `(7,)` | arm joints |
-| `pick_pos`, `pick_quat`, `pick_xmat` | `(3,)`, `(4,)`, `(9,)` | body pose of the object the goal moves (first goal argument) |
+| `subgoal_index` | `(1,)` int64 | the goal predicate the expert works on now (see below); the number of predicates once all hold |
+| `subgoal_kind` | `(1,)` int64 | its kind: `SUBGOAL_ON`, `SUBGOAL_IN`, `SUBGOAL_OPEN`, `SUBGOAL_CLOSE`, `SUBGOAL_TURN_ON`, `-1` when all hold |
+| `pick_pos`, `pick_quat`, `pick_xmat` | `(3,)`, `(4,)`, `(9,)` | body pose of the object the current subgoal moves (its first argument), or of the joint's moving body (the knob, the drawer) for an `Open` / `Close` / `Turnon` |
 | `pick_box` | `(6,)` | axis-aligned world bounds `[min xyz, max xyz]` of the pick object's collision geoms |
 | `pick_local_box` | `(6,)` | bounds of the same geoms in the pick object's body frame (its shape, independent of its pose) |
+| `pick_parts` | `(MAX_PICK_PARTS, 6)` | bounds of each of those geoms in the same body frame (its handle, its walls); zero rows pad |
 | `pick_contacts` | `(2,)` | 1.0 where the left / right finger (pad or body) touches the pick object |
 | `place_pos`, `place_quat` | `(3,)`, `(4,)` | pose of the place target: a region site (`basket_1_contain_region`) or an object body (`plate_1`) |
 | `place_box` | `(6,)` | world bounds of the target: the region site's box, or the target object's collision geoms |
 | `place_is_region` | `(1,)` | 1.0 if the target is a region site (`basket_1_contain_region`), 0.0 for an object |
-| `place_inside` | `(1,)` | 1.0 if the goal predicate is `in` (put inside the target), 0.0 for `on` |
+| `place_shared` | `(1,)` | how many other `On` / `In` predicates of the goal name the same target (two pots on one stove) |
+| `place_inside` | `(1,)` | 1.0 if the current subgoal is `in` (put inside the target), 0.0 otherwise |
+| `joint_qpos`, `joint_goal` | `(1,)`, `(1,)` | for an `Open` / `Close` / `Turnon` subgoal: the position of the joint it is about (a drawer's slide, a stove knob's hinge), and the middle of the range in which LIBERO's predicate holds; zeros otherwise |
+| `joint_axis`, `joint_anchor` | `(3,)`, `(3,)` | that joint's world axis and anchor point (zeros otherwise) |
+| `handle_box` | `(6,)` | world bounds of the moving part's handle: the geoms of the joint's body that reach furthest along the opening direction of a slide (a drawer's handle), along the axis of a knob (its ridge), or from the axis of another hinge (a door's free edge); zeros otherwise |
+| `handle_axis` | `(3,)` | world direction of the handle's longest horizontal side (zeros otherwise) |
 | `obstacle_boxes` | `(MAX_OBSTACLE_BOXES, 6)` | world bounds of every other collision box: one per movable object body, one per fixture geom (a cabinet is many boxes, so its drawers stay reachable) |
 | `obstacle_kind` | `(MAX_OBSTACLE_BOXES,)` int64 | `OBSTACLE_PICK`, `OBSTACLE_PLACE`, `OBSTACLE_OBJECT`, `OBSTACLE_FIXTURE`, or `-1` for padding |
-| `success` | `(1,)` | 1.0 if the task's goal predicate holds |
+| `success` | `(1,)` | 1.0 if the task's goal holds (every predicate of its conjunction) |
+
+A LIBERO goal is a conjunction of predicates (`(On bowl plate)`, `(In soup basket_region)`, `(Open drawer_region)`,
+`(Close microwave)`, `(Turnon stove)`). The *current subgoal* is read from the simulator, never remembered: the first
+predicate, in the BDDL file's order, that does not hold, except that `Close` predicates wait until every other
+predicate holds (a drawer is closed after the bowl went in), and that an `In` whose target is a shut drawer becomes
+an `Open` of that drawer first. The `pick_*` / `place_*` keys describe it when it is an
+`On` / `In`; a predicate that already held and broke again (an object knocked out of the basket) becomes current
+again.
 """
 
 from __future__ import annotations
@@ -45,10 +61,17 @@ from .libero_setup import benchmark_suite
 __all__ = [
     "LIBERO_SUITES",
     "MAX_OBSTACLE_BOXES",
+    "MAX_PICK_PARTS",
     "OBSTACLE_FIXTURE",
     "OBSTACLE_OBJECT",
     "OBSTACLE_PICK",
     "OBSTACLE_PLACE",
+    "SUBGOAL_CLOSE",
+    "SUBGOAL_IN",
+    "SUBGOAL_KINDS",
+    "SUBGOAL_ON",
+    "SUBGOAL_OPEN",
+    "SUBGOAL_TURN_ON",
     "extract_privileged_state",
     "task_of_bddl_file",
 ]
@@ -60,6 +83,13 @@ MAX_OBSTACLE_BOXES = 128
 """Rows of `obstacle_boxes` (padded). The largest LIBERO spatial/object/goal scene needs about 70."""
 
 OBSTACLE_PICK, OBSTACLE_PLACE, OBSTACLE_OBJECT, OBSTACLE_FIXTURE = 0, 1, 2, 3
+
+MAX_PICK_PARTS = 64
+"""Rows of `pick_parts` (padded with zeros; an object with more collision geoms keeps its first 64)."""
+
+SUBGOAL_KINDS = ("on", "in", "open", "close", "turnon")
+"""BDDL predicate names, in the order `subgoal_kind` indexes them."""
+SUBGOAL_ON, SUBGOAL_IN, SUBGOAL_OPEN, SUBGOAL_CLOSE, SUBGOAL_TURN_ON = range(len(SUBGOAL_KINDS))
 
 
 @functools.cache
@@ -116,6 +146,7 @@ def _pick_state(model: Any, data: Any, body: int | None) -> dict[str, np.ndarray
             "pick_xmat": np.eye(3, dtype=np.float32).ravel(),
             "pick_box": np.zeros(6, np.float32),
             "pick_local_box": np.zeros(6, np.float32),
+            "pick_parts": np.zeros((MAX_PICK_PARTS, 6), np.float32),
             "pick_contacts": np.zeros(2, np.float32),
         }
     geoms = _collision_geoms(model, _body_subtree(model, body))
@@ -131,12 +162,16 @@ def _pick_state(model: Any, data: Any, body: int | None) -> dict[str, np.ndarray
             for side, finger in enumerate(fingers):
                 if model.geom_bodyid[other] in finger:
                     contacts[side] = 1.0
+    parts = np.zeros((MAX_PICK_PARTS, 6), np.float32)
+    for row, geom in enumerate(geoms[:MAX_PICK_PARTS]):
+        parts[row] = _local_aabb(model, data, body, [geom])
     return {
         "pick_pos": np.asarray(data.xpos[body], np.float32),
         "pick_quat": _xyzw(data.xquat[body]),
         "pick_xmat": np.asarray(data.xmat[body], np.float32),
         "pick_box": _geom_aabb(model, data, geoms),
         "pick_local_box": _local_aabb(model, data, body, geoms),
+        "pick_parts": parts,
         "pick_contacts": contacts,
     }
 
@@ -183,8 +218,11 @@ def _obstacles(
     fixture_bodies: dict[str, int],
     pick_name: str | None,
     place_owner: str | None,
+    moving_body: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`obstacle_boxes` and `obstacle_kind`: one box per object body and one per fixture geom, padded."""
+    """`obstacle_boxes` and `obstacle_kind`: one box per object body and one per fixture geom, padded. The geoms of
+    `moving_body` (the part an articulation subgoal moves) are `OBSTACLE_PICK`."""
+    moving = _body_subtree(model, moving_body) if moving_body is not None else set()
     boxes = np.zeros((MAX_OBSTACLE_BOXES, 6), np.float32)
     kinds = np.full(MAX_OBSTACLE_BOXES, -1, np.int64)
     rows = []
@@ -197,7 +235,9 @@ def _obstacles(
     for name, body in fixture_bodies.items():
         kind = OBSTACLE_PLACE if name == place_owner else OBSTACLE_FIXTURE
         for geom in _collision_geoms(model, _body_subtree(model, body)):
-            rows.append((_geom_aabb(model, data, [geom]), kind))
+            rows.append(
+                (_geom_aabb(model, data, [geom]), OBSTACLE_PICK if model.geom_bodyid[geom] in moving else kind)
+            )
     if len(rows) > MAX_OBSTACLE_BOXES:
         raise ValueError(
             f"The scene has {len(rows)} obstacle boxes, more than MAX_OBSTACLE_BOXES={MAX_OBSTACLE_BOXES}."
@@ -205,6 +245,112 @@ def _obstacles(
     for row, (box, kind) in enumerate(rows):
         boxes[row], kinds[row] = box, kind
     return boxes, kinds
+
+
+def _current_subgoal(robot_env: Any) -> tuple[int, list[str]]:
+    """`(index, predicate)` of the goal predicate to work on now (see the module docstring); `(n, [])` when all hold.
+
+    A predicate of an unknown kind is skipped (it never becomes current)."""
+    goal = robot_env.parsed_problem["goal_state"]
+    order = [i for i, p in enumerate(goal) if p[0].lower() != "close"] + [
+        i for i, p in enumerate(goal) if p[0].lower() == "close"
+    ]
+    for i in order:
+        kind = goal[i][0].lower()
+        if kind in SUBGOAL_KINDS and not robot_env._eval_predicate(goal[i]):
+            target = goal[i][2] if len(goal[i]) == 3 else None
+            site = robot_env.object_sites_dict.get(target) if kind == "in" else None
+            if site is not None and site.joints and not robot_env.object_states_dict[target].is_open():
+                return i, ["open", target]  # the drawer to put something in is shut: open it first
+            return i, [kind, *goal[i][1:]]
+    return len(goal), []
+
+
+_ARTICULATION_RANGES = {
+    "open": "default_open_ranges",
+    "close": "default_close_ranges",
+    "turnon": "default_turnon_ranges",
+}
+
+
+def _articulation(
+    robot_env: Any, model: Any, data: Any, subgoal: list[str]
+) -> tuple[int | None, dict[str, np.ndarray]]:
+    """The joint an `Open` / `Close` / `Turnon` subgoal is about: its moving body and the `joint_*` / `handle_*` keys
+    (zeros and `None` for any other subgoal)."""
+    state = {
+        "joint_qpos": np.zeros(1, np.float32),
+        "joint_goal": np.zeros(1, np.float32),
+        "joint_axis": np.zeros(3, np.float32),
+        "joint_anchor": np.zeros(3, np.float32),
+        "handle_box": np.zeros(6, np.float32),
+        "handle_axis": np.zeros(3, np.float32),
+    }
+    if not subgoal or subgoal[0] not in _ARTICULATION_RANGES:
+        return None, state
+    name = subgoal[1]
+    if name in robot_env.object_sites_dict:
+        site = robot_env.object_sites_dict[name]
+        joints, owner = site.joints, robot_env.get_object(site.parent_name)
+    else:
+        owner = robot_env.get_object(name)
+        joints = owner.joints
+    if not joints:
+        raise ValueError(f"The subgoal {subgoal} names {name!r}, which has no joint to {subgoal[0]}.")
+    joint = model.joint(joints[0]).id
+    body = int(model.jnt_bodyid[joint])
+    qpos = float(data.qpos[model.jnt_qposadr[joint]])
+    goal = float(np.mean(owner.object_properties["articulation"][_ARTICULATION_RANGES[subgoal[0]]]))
+    axis = np.asarray(data.xaxis[joint], np.float64)
+    anchor = np.asarray(data.xanchor[joint], np.float64)
+    geoms = _collision_geoms(model, {body})
+    reach = np.array([_geom_aabb(model, data, [g]) for g in geoms])
+    if model.jnt_type[joint] == _slide_joint():
+        # A slide's handle sits on the face that moves out as it opens.
+        ranges = owner.object_properties["articulation"]
+        outward = axis * np.sign(np.mean(ranges["default_open_ranges"]) - np.mean(ranges["default_close_ranges"]))
+        far = np.maximum(reach[:, :3] * outward, reach[:, 3:] * outward).sum(1)
+    elif subgoal[0] == "turnon":
+        # A knob's ridge stands out along its axis.
+        far = np.maximum(reach[:, :3] * axis, reach[:, 3:] * axis).sum(1)
+    else:
+        # A door's free edge lies furthest from its hinge.
+        radial = (reach[:, :3] + reach[:, 3:]) / 2 - anchor
+        far = np.linalg.norm(radial - np.outer(radial @ axis, axis), axis=1)
+    handle = [g for g, f in zip(geoms, far) if f > far.max() - 0.02]
+    box = _geom_aabb(model, data, handle)
+    local = _local_aabb(model, data, body, handle)
+    rot = np.asarray(data.xmat[body]).reshape(3, 3)
+    horizontal = [i for i in range(3) if abs(rot[2, i]) < 0.7]
+    longest = max(horizontal, key=lambda i: local[3 + i] - local[i])
+    state.update(
+        joint_qpos=np.array([qpos], np.float32),
+        joint_goal=np.array([goal], np.float32),
+        joint_axis=axis.astype(np.float32),
+        joint_anchor=anchor.astype(np.float32),
+        handle_box=box,
+        handle_axis=rot[:, longest].astype(np.float32),
+    )
+    return body, state
+
+
+def _slide_joint() -> int:
+    import mujoco
+
+    return int(mujoco.mjtJoint.mjJNT_SLIDE)
+
+
+def _shared_targets(robot_env: Any, subgoal_index: int, place_name: str | None) -> int:
+    goal = robot_env.parsed_problem["goal_state"]
+    return sum(
+        1
+        for i, p in enumerate(goal)
+        if i != subgoal_index
+        and place_name is not None
+        and len(p) == 3
+        and p[0].lower() in ("on", "in")
+        and p[2] == place_name
+    )
 
 
 def _collision_geoms(model: Any, bodies: set[int]) -> list[int]:
@@ -280,11 +426,12 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
 
     robot_env = _robosuite_env(env)
     model, data = robot_env.sim.model._model, robot_env.sim.data._data
-    goal = robot_env.parsed_problem["goal_state"]
-    if len(goal) != 1 or goal[0][0].lower() not in ("on", "in") or len(goal[0]) != 3:
-        pick_name, place_name = None, None
+    subgoal_index, subgoal = _current_subgoal(robot_env)
+    kind = SUBGOAL_KINDS.index(subgoal[0]) if subgoal else -1
+    if kind in (SUBGOAL_ON, SUBGOAL_IN):
+        pick_name, place_name = subgoal[1], subgoal[2]
     else:
-        pick_name, place_name = goal[0][1], goal[0][2]
+        pick_name, place_name = None, None
 
     suite_id, task_id = task_of_bddl_file(robot_env.bddl_file_name)
     grip_site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
@@ -305,14 +452,19 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
         "gripper_opening": np.array([np.abs(gripper_qpos).sum()], np.float32),
         "joint_pos": np.asarray(data.qpos[robot._ref_joint_pos_indexes], np.float32),
         "success": np.array([float(robot_env._check_success())], np.float32),
-        "place_inside": np.array([float(pick_name is not None and goal[0][0].lower() == "in")], np.float32),
+        "subgoal_index": np.array([subgoal_index], np.int64),
+        "subgoal_kind": np.array([kind], np.int64),
+        "place_inside": np.array([float(kind == SUBGOAL_IN)], np.float32),
+        "place_shared": np.array([_shared_targets(robot_env, subgoal_index, place_name)], np.float32),
     }
 
     object_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.objects_dict}
     fixture_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.fixtures_dict}
 
     pick_body = object_bodies.get(pick_name) if pick_name is not None else None
-    state.update(_pick_state(model, data, pick_body))
+    moving_body, joint_state = _articulation(robot_env, model, data, subgoal)
+    state.update(joint_state)
+    state.update(_pick_state(model, data, pick_body if moving_body is None else moving_body))
 
     place_body, place_state = _place_state(model, data, place_name, object_bodies | fixture_bodies)
     state.update(place_state)
@@ -325,6 +477,6 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
         )
 
     state["obstacle_boxes"], state["obstacle_kind"] = _obstacles(
-        model, data, object_bodies, fixture_bodies, pick_name, place_owner
+        model, data, object_bodies, fixture_bodies, pick_name, place_owner, moving_body
     )
     return state
