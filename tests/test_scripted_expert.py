@@ -228,13 +228,17 @@ def test_lookahead_targets_are_the_simulated_chunk(spatial_state):
 
 def test_unsupported_tasks_are_refused(spatial_state):
     assert supported_tasks("libero_object") == tuple(range(10))
-    assert supported_tasks("libero_10") == ()
-    with pytest.raises(ValueError, match="does not support the suite 'libero_10'"):
-        ScriptedLiberoExpert("libero_10")
+    assert supported_tasks("libero_goal") == (1, 2, 4, 5, 6, 7, 8, 9)
+    assert supported_tasks("libero_10") == tuple(range(9))
+    assert supported_tasks("libero_90") == ()
+    with pytest.raises(ValueError, match="does not support the suite 'libero_90'"):
+        ScriptedLiberoExpert("libero_90")
     with pytest.raises(ValueError, match="does not support task 11"):
         ScriptedLiberoExpert("libero_spatial", task_id=11)
     with pytest.raises(ValueError, match="does not support task 0 of libero_goal"):
-        ScriptedLiberoExpert("libero_goal", task_id=0)  # "open the middle drawer": not pick-and-place
+        ScriptedLiberoExpert("libero_goal", task_id=0)  # "open the middle drawer": a handle to pull
+    with pytest.raises(ValueError, match="does not support task 9 of libero_10"):
+        ScriptedLiberoExpert("libero_10", task_id=9)  # the mug into the microwave
     with pytest.raises(ValueError, match="task 0 of libero_spatial"):
         ScriptedLiberoExpert("libero_object").action(spatial_state)
     with pytest.raises(ValueError, match="built for task 3"):

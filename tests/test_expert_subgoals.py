@@ -1,0 +1,212 @@
+"""The scripted LIBERO expert on multi-step and articulated tasks (LIBERO-Long, the stove knob, a drawer to close):
+the privileged state names the current subgoal from the simulator, and the expert finishes the task from states a
+student could leave behind (a knob half turned, a drawer half shut, the second subgoal done before the first, an
+object dropped on the way)."""
+
+import numpy as np
+import pytest
+import torch
+
+
+pytest.importorskip("libero")
+torch.set_num_threads(1)
+
+from trl_vla.envs.libero import placement_seed  # noqa: E402
+from trl_vla.envs.libero_render_free import (  # noqa: E402
+    MAX_EPISODE_STEPS,
+    NUM_WAIT_STEPS,
+    make_state_env,
+    run_expert_episode,
+)
+from trl_vla.envs.libero_state import (  # noqa: E402
+    OBSTACLE_PICK,
+    SUBGOAL_CLOSE,
+    SUBGOAL_IN,
+    SUBGOAL_TURN_ON,
+    extract_privileged_state,
+)
+from trl_vla.teachers import ScriptedLiberoExpert  # noqa: E402
+from trl_vla.teachers.scripted_libero import (  # noqa: E402
+    FREE_SPOT_INSET,
+    PART_MAX_WIDTH,
+    _free_spot,
+    _grasp,
+    expert_action,
+    is_grasped,
+)
+
+
+def _start(env, init_state, seed):
+    rng = np.random.get_state()
+    np.random.seed(seed)
+    env.reset()
+    np.random.set_state(rng)
+    env.set_init_state(init_state)
+    for _ in range(NUM_WAIT_STEPS):
+        env.step(np.array([0.0] * 6 + [-1.0]))
+    return extract_privileged_state(env)
+
+
+def _set_joint(env, joint, qpos):
+    env.env.sim.data.set_joint_qpos(joint, qpos)
+    env.env.sim.forward()
+
+
+def _move_object_over_site(env, name, site, height):
+    """Teleport an object (its free joint) to `height` m above a region site, upright, and let it settle."""
+    robot_env = env.env
+    position = robot_env.sim.data.get_site_xpos(site).copy()
+    position[2] += height
+    _set_joint(env, robot_env.get_object(name).joints[-1], np.concatenate([position, [1.0, 0.0, 0.0, 0.0]]))
+    for _ in range(30):
+        env.step(np.array([0.0] * 6 + [-1.0]))
+
+
+@pytest.fixture(scope="module")
+def stove_env():
+    env, init_states, _ = make_state_env("libero_goal", 7)
+    yield env, init_states
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def basket_env():
+    env, init_states, _ = make_state_env("libero_10", 0)
+    yield env, init_states
+    env.close()
+
+
+def test_turn_on_subgoal_describes_the_knob(stove_env):
+    env, init_states = stove_env
+    state = _start(env, init_states[0], placement_seed("libero_goal", 7, 0))
+    assert state["subgoal_index"].tolist() == [0] and state["subgoal_kind"].tolist() == [SUBGOAL_TURN_ON]
+    np.testing.assert_allclose(state["joint_axis"], [0.0, 0.0, 1.0], atol=1e-6)
+    # LIBERO's stove is on for a knob angle in [0.5, 2.1]: the goal is the middle of that range
+    assert abs(state["joint_qpos"][0]) < 1e-3 and state["joint_goal"][0] == pytest.approx(1.3)
+    pick, handle = state["pick_box"], state["handle_box"]
+    # the handle is the knob's ridge: inside the knob's bounds, reaching its top, narrower than the knob
+    assert np.all(handle[:3] >= pick[:3] - 1e-6) and np.all(handle[3:] <= pick[3:] + 1e-6)
+    assert handle[5] == pytest.approx(pick[5])
+    assert min(handle[3:5] - handle[:2]) < 0.03 < 0.08 < min(pick[3:5] - pick[:2])
+    assert abs(state["handle_axis"][2]) < 1e-6 and np.linalg.norm(state["handle_axis"]) == pytest.approx(1.0)
+    # the knob's own geoms are what the hand grasps, not obstacles to fly over
+    knob_rows = state["obstacle_boxes"][state["obstacle_kind"] == OBSTACLE_PICK]
+    assert len(knob_rows) > 0 and np.all(knob_rows[:, :3] >= pick[:3] - 1e-6)
+    assert state["place_inside"].tolist() == [0.0] and state["place_shared"].tolist() == [0.0]
+
+
+def test_close_waits_until_the_object_is_in_the_drawer():
+    env, init_states, _ = make_state_env("libero_10", 3)
+    try:
+        state = _start(env, init_states[0], placement_seed("libero_10", 3, 0))
+    finally:
+        env.close()
+    # the BDDL goal lists (Close drawer) before (In bowl drawer): the bowl goes in first
+    assert state["subgoal_index"].tolist() == [1] and state["subgoal_kind"].tolist() == [SUBGOAL_IN]
+    assert state["place_inside"].tolist() == [1.0]
+    assert np.all(state["joint_axis"] == 0) and np.all(state["handle_box"] == 0)
+
+
+def test_second_pot_goes_beside_the_first_and_pots_are_held_by_the_handle():
+    env, init_states, _ = make_state_env("libero_10", 8)
+    try:
+        state = _start(env, init_states[0], placement_seed("libero_10", 8, 0))
+    finally:
+        env.close()
+    assert state["place_shared"].tolist() == [1.0]  # two pots for one stove
+    pick_box, place_box = state["pick_box"].astype(np.float64), state["place_box"].astype(np.float64)
+    # the first pot goes to one end of the stove's region, leaving room for the second
+    spot = _free_spot(state, pick_box, place_box)
+    ends = [abs(spot[i] - (place_box[i] + FREE_SPOT_INSET)) < 1e-6 for i in range(2)]
+    assert any(ends), spot
+    # a moka pot is too wide for the fingers: it is grasped by a narrow part standing out of its body
+    site, _, width = _grasp(state)
+    assert width < PART_MAX_WIDTH
+    assert np.linalg.norm(site[:2] - state["pick_pos"][:2]) > 0.04
+
+
+@pytest.mark.slow
+def test_expert_finishes_turning_a_half_turned_knob(stove_env):
+    env, init_states = stove_env
+    knob = env.env.get_object("flat_stove_1").joints[0]
+    states = []
+
+    def perturb(env):
+        _set_joint(env, knob, 0.3)
+        states.append(extract_privileged_state(env))
+
+    success, steps = run_expert_episode(
+        env, expert_action, init_states[2], MAX_EPISODE_STEPS["libero_goal"], perturb,
+        placement_seed=placement_seed("libero_goal", 7, 2),
+    )  # fmt: skip
+    assert states[0]["joint_qpos"][0] == pytest.approx(0.3, abs=0.01) and states[0]["success"][0] == 0.0
+    assert success, f"the knob was not turned on ({steps} steps)"
+
+
+@pytest.mark.slow
+def test_expert_comes_back_to_a_half_shut_drawer():
+    env, init_states, _ = make_state_env("libero_10", 3)
+    expert, budget = ScriptedLiberoExpert("libero_10", task_id=3), MAX_EPISODE_STEPS["libero_10"]
+    try:
+        _start(env, init_states[1], placement_seed("libero_10", 3, 1))
+        interrupted, done = None, False
+        for _ in range(budget):
+            state = extract_privileged_state(env)
+            if interrupted is None and state["subgoal_kind"][0] == SUBGOAL_CLOSE and state["joint_qpos"][0] > -0.08:
+                # Half way through the push (the drawer opens to -0.16), the hand leaves: up and aside.
+                for _ in range(20):
+                    env.step(np.array([0.0, -0.6, 0.8, 0.0, 0.0, 0.0, -1.0]))
+                interrupted = extract_privileged_state(env)
+                continue
+            _, _, done, _ = env.step(expert.action(state))
+            if done:
+                break
+    finally:
+        env.close()
+    assert interrupted is not None, "the expert never started pushing the drawer"
+    assert interrupted["success"][0] == 0.0 and -0.14 < interrupted["joint_qpos"][0] < -0.01
+    assert done, f"the half-shut drawer was not closed within {budget} steps"
+
+
+@pytest.mark.slow
+def test_expert_does_the_first_subgoal_when_only_the_second_holds(basket_env):
+    env, init_states = basket_env
+    states, soup, sauce_in = [], [], []
+
+    def perturb(env):
+        _move_object_over_site(env, "tomato_sauce_1", "basket_1_contain_region", 0.06)
+        robot_env = env.env
+        soup.append(robot_env.sim.data.body_xpos[robot_env.obj_body_id["alphabet_soup_1"]].copy())
+        sauce_in.append(robot_env._eval_predicate(robot_env.parsed_problem["goal_state"][1]))
+        states.append(extract_privileged_state(env))
+
+    success, steps = run_expert_episode(
+        env, expert_action, init_states[3], MAX_EPISODE_STEPS["libero_10"], perturb,
+        placement_seed=placement_seed("libero_10", 0, 3),
+    )  # fmt: skip
+    assert sauce_in == [True], "the perturbation should put the sauce (the second subgoal) in the basket"
+    assert states[0]["subgoal_index"].tolist() == [0], "the sauce is in the basket: the soup is what is left"
+    np.testing.assert_allclose(states[0]["pick_pos"], soup[0], atol=1e-5)
+    assert success, f"the soup did not join the sauce in the basket ({steps} steps)"
+
+
+@pytest.mark.slow
+def test_expert_picks_a_dropped_object_up_again(basket_env):
+    env, init_states = basket_env
+    table = _start(env, init_states[5], placement_seed("libero_10", 0, 5))["pick_box"][2]
+    dropped, budget = False, MAX_EPISODE_STEPS["libero_10"]
+    for _ in range(budget):
+        state = extract_privileged_state(env)
+        action = expert_action(state)
+        if not dropped and is_grasped(state) and state["pick_box"][2] > table + 0.08:
+            # Mid-transport, well above the table: let go for a while.
+            for _ in range(15):
+                env.step(np.array([0.0] * 6 + [-1.0]))
+            dropped = True
+            assert not is_grasped(extract_privileged_state(env))
+            continue
+        _, _, done, _ = env.step(action)
+        if done:
+            break
+    assert dropped, "the expert never carried the first object"
+    assert done, f"no recovery from the dropped object within {budget} steps"
