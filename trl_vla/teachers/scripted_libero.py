@@ -1,13 +1,21 @@
-"""A privileged scripted expert for LIBERO pick-and-place tasks: a teacher with the policy contract and a demonstrator.
+"""A privileged scripted expert for LIBERO: a teacher with the policy contract and a demonstrator.
 
 The controller reads `info["privileged_state"]` (see `trl_vla.envs.libero_state`) and never images. It is memoryless:
-every query re-derives the phase from the state, so it corrects from any state a student reaches.
+every query re-derives the phase from the state, so it corrects from any state a student reaches. The state names
+the *current subgoal* of the task's goal (the first predicate that does not hold, read from the simulator), so a
+two-step task (two objects into the basket, a bowl into the drawer and close it) is a sequence of the skills below,
+and progress is never remembered.
 
-* **not grasped**: choose a grasp (across the object's narrow horizontal side; on the rim for bowls, on the rim side
-  whose fingers clear every obstacle), fly above it at a height that clears the obstacles on the way, open the
-  gripper, turn the fingers, descend through a funnel (the allowed height shrinks with the horizontal error), close;
-* **grasped** (both fingers touch the object): lift above the obstacles between the object and the target, move the
-  object over the target, lower it onto (or into) the target, open;
+* `On` / `In`, **not grasped**: choose a grasp (across the object's narrow horizontal side; on the rim for bowls and
+  mugs; on a narrow part such as a moka pot's handle for a wide, closed object), fly above it at a height that clears
+  the obstacles on the way, open the gripper, turn the fingers, descend through a funnel (the allowed height shrinks
+  with the horizontal error), close;
+* `On` / `In`, **grasped** (both fingers touch the object): lift above the obstacles between the object and the
+  target, move the object over the target (a free spot of it when other objects of the goal go there too), lower
+  it onto (or into) the target, open;
+* `Turnon` (a stove knob): grip the knob's ridge over its axis and turn the hand;
+* `Close` (a drawer, a door): come down in front of the handle with the closed fingers leaning into the push, push;
+* `Open` (a drawer): turn the hand level, pointing at the drawer, close on the handle, pull;
 * **success**: open and move up.
 
 Actions are LIBERO's (robosuite OSC pose, delta mode): position deltas in `[-1, 1]` (x 0.05 m per control step),
