@@ -1,5 +1,7 @@
 """OpenVLA on transformers 5: checkpoint-compatible names, save/load, both decoding modes, batching, the policy contract."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -260,7 +262,7 @@ def _logits_with_last_position_perturbed(model, inputs, ids):
 
 
 def test_parallel_action_positions_attend_bidirectionally(ar, parallel):
-    # The last position is the last placeholder (parallel) or the input of the last action token (autoregressive).
+    # The last position is the stop token (parallel) or the input of the last action token (autoregressive).
     for (model, processor), bidirectional in ((parallel, True), (ar, False)):
         inputs = processor(images=images(2), text=INSTRUCTIONS[:2], return_tensors="pt")
         ids = random_action_ids(model, 2)
@@ -269,6 +271,170 @@ def test_parallel_action_positions_attend_bidirectionally(ar, parallel):
         perturbed = _logits_with_last_position_perturbed(model, inputs, ids)
         earlier_changed = not torch.allclose(clean[:, :-1], perturbed[:, :-1], atol=1e-6)
         assert earlier_changed == bidirectional
+
+
+def _prompt_hidden_states(model, inputs, segment_hook=None):
+    """Final hidden states of the language model (every position) in a parallel forward pass; `segment_hook` may
+    edit the input embeddings of the last `A + 1` positions (placeholders and stop token) in place."""
+    captured = {}
+    language_model = model.language_model.model
+
+    def pre_hook(module, args, kwargs):
+        if segment_hook is not None:
+            embeds = kwargs["inputs_embeds"].clone()
+            segment_hook(embeds[:, -(model.config.num_action_tokens + 1) :])
+            kwargs["inputs_embeds"] = embeds
+        return args, kwargs
+
+    def hook(module, args, kwargs, output):
+        captured["embeds"] = kwargs["inputs_embeds"]
+        captured["hidden"] = output.last_hidden_state
+
+    handles = [
+        language_model.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        language_model.register_forward_hook(hook, with_kwargs=True),
+    ]
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).action_logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured["embeds"], captured["hidden"], logits
+
+
+def test_parallel_sequence_is_placeholders_then_stop_token_with_published_readout(parallel):
+    # OpenVLA-OFT (SimpleVLA-RL `generate_action_verl`): prompt, A placeholders with zeroed embeddings, then `</s>`;
+    # the logits of action token j are read at the last prompt token (j = 0) and at placeholder j - 1.
+    model, processor = parallel
+    inputs = processor(images=images(1), text=INSTRUCTIONS[:1], return_tensors="pt")
+    num_tokens = model.config.num_action_tokens
+    assert model.config.resolved_stop_token_id == processor.tokenizer.eos_token_id == 2
+    embeds, hidden, logits = _prompt_hidden_states(model, inputs)
+    num_visual = embeds.shape[1] - inputs["input_ids"].shape[1] - num_tokens - 1
+    assert num_visual == model.config.num_images * (64 // 8) ** 2
+    stop_embedding = model.get_input_embeddings().weight[2]
+    assert torch.equal(embeds[0, -1], stop_embedding)
+    assert not bool(embeds[0, -num_tokens - 1 : -1].any())  # zeroed placeholders
+    assert embeds[0, -num_tokens - 2].abs().sum() > 0  # the last prompt token (the processor's prompt end)
+    start = embeds.shape[1] - num_tokens - 1
+    torch.testing.assert_close(logits, model._action_head(hidden[:, start - 1 : start - 1 + num_tokens]))
+    assert logits.shape == (1, num_tokens, 256)
+
+
+def test_parallel_attention_is_fully_bidirectional(parallel):
+    # OFT's patched Llama SDPA attention (`is_causal=False`): prompt and image positions see the placeholders and
+    # the stop token too, so changing the stop token's input changes the hidden state of `<s>` and every logit.
+    model, processor = parallel
+    inputs = processor(images=images(2), text=INSTRUCTIONS[:2], return_tensors="pt")
+    _, clean, clean_logits = _prompt_hidden_states(model, inputs)
+
+    def shift_stop(segment):
+        segment[:, -1] += 1.0
+
+    _, shifted, shifted_logits = _prompt_hidden_states(model, inputs, shift_stop)
+    first_real = (inputs["attention_mask"] == 0).sum(1)  # <s> of each left-padded row
+    for row, bos in enumerate(first_real.tolist()):
+        assert not torch.allclose(clean[row, bos], shifted[row, bos], atol=1e-6)  # <s> sees the stop token
+    assert not torch.allclose(clean_logits[:, 0], shifted_logits[:, 0], atol=1e-6)
+
+    # And the same from the placeholders: they are attended by the prompt although their embeddings are zero.
+    def fill_placeholders(segment):
+        segment[:, :-1] += 0.5
+
+    _, _, placeholder_logits = _prompt_hidden_states(model, inputs, fill_placeholders)
+    assert not torch.allclose(clean_logits[:, 0], placeholder_logits[:, 0], atol=1e-6)
+
+    # The attention mask: every real key is visible to every query, pads to none (but its own position).
+    valid = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    bias = model._attention_bias(valid, 4, torch.float32, causal=False)[:, 0]
+    assert bool((bias[1] == 0).all())
+    assert bool((bias[0][:, 1:] == 0).all()) and bool((bias[0][1:, 0] < 0).all()) and bias[0][0, 0] == 0
+    causal = model._attention_bias(valid, 4, torch.float32)[:, 0]
+    upper = torch.ones(4, 4, dtype=torch.bool).triu(1)
+    assert bool((causal[1][upper] < 0).all()) and bool((causal[1][~upper] == 0).all())
+
+
+def test_parallel_stop_token_id_is_configurable(parallel_path):
+    config = OpenVLAConfig.from_pretrained(parallel_path)
+    assert config.stop_token_id is None and config.resolved_stop_token_id == config.text_config.eos_token_id
+    config.stop_token_id = 1
+    assert config.resolved_stop_token_id == 1
+    with pytest.raises(ValueError, match="stop token"):
+        OpenVLAConfig(decoding="parallel", stop_token_id=10**6)
+    model, processor = load(parallel_path)
+    inputs = processor(images=images(1), text=INSTRUCTIONS[:1], return_tensors="pt")
+    with torch.no_grad():
+        reference = model(**inputs).action_logits
+        model.config.stop_token_id = 1
+        try:
+            changed = model(**inputs).action_logits
+        finally:
+            model.config.stop_token_id = None
+    assert not torch.allclose(reference, changed, atol=1e-6)
+
+
+def _oft_parity_model() -> OpenVLAForActionPrediction:
+    """The native model of `fixtures/oft_parity.npz` (see `fixtures/make_oft_parity_fixture.py`): two tiny timm ViTs,
+    a 2-layer Llama with a 320 + 64 vocabulary, two images, proprio, LIBERO's 7 x 8 action tokens."""
+    vit = {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}
+    config = OpenVLAConfig(
+        timm_model_ids=["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
+        image_sizes=[32, 32],
+        timm_override_act_layers=[None, None],
+        timm_model_kwargs=[vit, vit],
+        text_config={
+            "model_type": "llama",
+            "vocab_size": 384,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 256,
+            "pad_token_id": 320,
+        },
+        pad_token_id=320,
+        pad_to_multiple_of=64,
+        norm_stats={"libero": make_identity_stats()},
+        unnorm_key="libero",
+        action_dim=7,
+        chunk_size=8,
+        decoding="parallel",
+        use_proprio=True,
+        proprio_dim=8,
+        num_images=2,
+    )
+    return OpenVLAForActionPrediction(config).eval()
+
+
+def test_parallel_decoding_matches_the_published_openvla_oft_code():
+    # Weights, inputs and action logits written by SimpleVLA-RL's OpenVLA-OFT modeling file on the
+    # transformers-openvla-oft Llama (bidirectional SDPA): its training `forward` on an unpadded batch and its
+    # rollout `generate_action_verl` (greedy) on a left-padded one.
+    data = np.load(Path(__file__).parent / "fixtures" / "oft_parity.npz")
+    model = _oft_parity_model()
+    prefix = "weight/"
+    weights = {key[len(prefix) :]: torch.from_numpy(data[key]) for key in data.files if key.startswith(prefix)}
+    model.load_state_dict(weights, strict=True)
+    pixel_values, proprio = torch.from_numpy(data["pixel_values"]), torch.from_numpy(data["proprio"])
+    with torch.no_grad():
+        unpadded = model(
+            input_ids=torch.from_numpy(data["forward_input_ids"]), pixel_values=pixel_values, proprio=proprio
+        )
+        padded = model(
+            input_ids=torch.from_numpy(data["generate_input_ids"]),
+            attention_mask=torch.from_numpy(data["generate_attention_mask"]),
+            pixel_values=pixel_values,
+            proprio=proprio,
+        )
+    assert unpadded.action_logits.shape == (2, 56, 256)
+    torch.testing.assert_close(unpadded.action_logits, torch.from_numpy(data["expected_forward"]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(padded.action_logits, torch.from_numpy(data["expected_generate"]), atol=1e-4, rtol=0)
+    # The published greedy ids: argmax over logits[..., -256-64:-64], plus vocab_size - 256 (= the first action id).
+    first = model.action_space.first_token_id
+    assert first == 64
+    assert torch.equal(padded.action_logits.argmax(-1) + first, torch.from_numpy(data["expected_generate_ids"]))
 
 
 def test_batch_equals_single_with_left_padding(model_and_processor):

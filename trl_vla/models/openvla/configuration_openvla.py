@@ -89,7 +89,11 @@ class OpenVLAConfig(PreTrainedConfig):
         decoding (`str`, *optional*, defaults to `"autoregressive"`):
             `"autoregressive"`: OpenVLA, one action token after the other (KV cache when sampling).
             `"parallel"`: OpenVLA-OFT (discrete), `action_dim * chunk_size` placeholder positions with zeroed input
-            embeddings that attend to each other bidirectionally, all tokens from one forward pass.
+            embeddings followed by the stop token (`stop_token_id`), all tokens from one forward pass with full
+            bidirectional attention over every non-padding token (as OFT's patched Llama SDPA attention).
+        stop_token_id (`int`, *optional*):
+            Token appended after the placeholders in parallel decoding (OpenVLA-OFT appends `</s>`, id 2 for
+            Llama-2). `None` uses `text_config.eos_token_id`. Unused in autoregressive mode.
         first_action_token_id (`int`, *optional*):
             `None` (OpenVLA): the action tokens are the last `n_action_bins` ids of the base vocabulary, descending
             with value. An integer: the action tokens are `first_action_token_id ...` (newly added tokens), ascending.
@@ -138,6 +142,9 @@ class OpenVLAConfig(PreTrainedConfig):
     action_dim: int = field(default=7, metadata={"help": "Dimensions of one robot action."})
     chunk_size: int = field(default=1, metadata={"help": "Actions per decision."})
     decoding: str = field(default="autoregressive", metadata={"help": "'autoregressive' or 'parallel'."})
+    stop_token_id: int | None = field(
+        default=None, metadata={"help": "Token after the parallel placeholders; None: `text_config.eos_token_id`."}
+    )
     first_action_token_id: int | None = field(
         default=None, metadata={"help": "None: vocabulary-tail layout (OpenVLA); else first id of added tokens."}
     )
@@ -186,6 +193,13 @@ class OpenVLAConfig(PreTrainedConfig):
             raise ValueError(
                 f"Only `image_resize_strategy='resize-naive'` is implemented, got {self.image_resize_strategy!r}."
             )
+        if self.decoding == "parallel":
+            stop = self.resolved_stop_token_id
+            if not isinstance(stop, int) or not 0 <= stop < self.text_config.vocab_size:
+                raise ValueError(
+                    "Parallel decoding appends a stop token after the placeholders: set `stop_token_id` (or "
+                    f"`text_config.eos_token_id`) to an id below {self.text_config.vocab_size}, got {stop!r}."
+                )
         last = self.action_tokenizer().token_ids[-1]
         if last >= self.text_config.vocab_size:
             raise ValueError(
@@ -197,6 +211,11 @@ class OpenVLAConfig(PreTrainedConfig):
     def num_action_tokens(self) -> int:
         """Tokens per decision: `action_dim * chunk_size`."""
         return self.action_dim * self.chunk_size
+
+    @property
+    def resolved_stop_token_id(self) -> int | None:
+        """The stop token of parallel decoding: `stop_token_id`, else `text_config.eos_token_id`."""
+        return self.stop_token_id if self.stop_token_id is not None else self.text_config.eos_token_id
 
     def action_tokenizer(self) -> ActionTokenizer:
         """The `ActionTokenizer` of this model's action-token layout."""

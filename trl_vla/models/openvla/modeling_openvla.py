@@ -9,12 +9,18 @@ Sequence layout (one row of a left-padded batch; `P` visual tokens, `A = action_
     [pad ... pad] <s> [P image patch tokens] [proprio token] prompt tokens ... | action segment
 
 The image (and proprio) tokens are inserted right after `<s>`, as OpenVLA does. The action segment holds the first
-`A - 1` action tokens (teacher forcing) in autoregressive mode, and `A` placeholders with zeroed input embeddings in
-parallel mode. In both modes the logits of action token `j` are read at the position just before it (the causal
-next-token alignment of OpenVLA and OpenVLA-OFT): positions `start - 1 ... start + A - 2`, `start` being the first
-action position. In parallel mode those readout positions and the placeholders attend to each other
-bidirectionally; everything else is causal. Position ids count only real tokens, so a left-padded row computes
-exactly what it computes alone.
+`A - 1` action tokens (teacher forcing) in autoregressive mode. In parallel mode it holds `A` placeholders with
+zeroed input embeddings followed by the stop token `config.stop_token_id` (`</s>` for Llama-2), as OpenVLA-OFT's
+discrete decoding builds it. In both modes the logits of action token `j` are read at the position just before it
+(the causal next-token alignment of OpenVLA and OpenVLA-OFT): positions `start - 1 ... start + A - 2`, `start` being
+the first action position, i.e. the last prompt token and the first `A - 1` placeholders.
+
+Attention: autoregressive models are causal. Parallel models attend fully bidirectionally, as OpenVLA-OFT's patched
+Llama SDPA attention (`is_causal=False`) does: every token (`<s>`, image patches, proprio, prompt, placeholders, stop
+token) sees every other one, so prompt and image states also depend on the placeholders and the stop token. Padded
+positions are never attended as keys, and position ids count only real tokens, so a left-padded row computes
+exactly what it computes alone (OFT moves pads to the right instead and numbers positions from 0; for the real
+tokens that is the same computation).
 """
 
 from __future__ import annotations
@@ -170,7 +176,7 @@ class OpenVLAPreTrainedModel(PreTrainedModel):
     config_class = OpenVLAConfig
     supports_gradient_checkpointing = True
     _no_split_modules = ["OpenVLAProjector", "LlamaDecoderLayer"]
-    # Custom 4D attention masks (left padding + the bidirectional action block) rule out flash attention.
+    # Custom 4D attention masks (left padding, bidirectional parallel decoding) rule out flash attention.
     _supports_sdpa = True
     _supports_flash_attn = False
 
@@ -297,7 +303,8 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
                 Normalised proprioceptive state; required when `config.use_proprio`.
             action_token_ids (`torch.LongTensor` of shape `[B, A]`, *optional*):
                 Action tokens to score (teacher forcing). Required for autoregressive models to get `action_logits`;
-                parallel models read the same logits whatever the ids (placeholders have zeroed embeddings).
+                parallel models read the same logits whatever the ids (placeholders have zeroed embeddings and are
+                followed by the stop token).
             labels (`torch.LongTensor` of shape `[B, A]`, *optional*):
                 Target action token ids (`-100` to ignore) for the cross-entropy `loss`; they also serve as
                 `action_token_ids` when those are not given.
@@ -320,17 +327,19 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         embeds, valid = self._prompt_embeddings(input_ids, attention_mask, pixel_values, proprio)
         start = embeds.shape[1]
         num_tokens = config.num_action_tokens
-        if config.decoding == "parallel":
-            # OFT: placeholder inputs carry no information (their embeddings are zeroed), only their positions.
-            segment = embeds.new_zeros(embeds.shape[0], num_tokens, embeds.shape[2])
-            block = (start - 1, start + num_tokens)
+        parallel = config.decoding == "parallel"
+        if parallel:
+            # OFT: placeholder inputs carry no information (their embeddings are zeroed), only their positions; the
+            # stop token after them is a real token, as at OFT's training time.
+            placeholders = embeds.new_zeros(embeds.shape[0], num_tokens, embeds.shape[2])
+            stop_ids = input_ids.new_full((embeds.shape[0], 1), config.resolved_stop_token_id)
+            segment = torch.cat([placeholders, self.get_input_embeddings()(stop_ids).to(embeds.dtype)], dim=1)
         else:
             # The last action token is never an input: no readout position comes after it.
             segment = self.get_input_embeddings()(action_token_ids[:, :-1])
-            block = None
         embeds = torch.cat([embeds, segment], dim=1)
         valid = torch.cat([valid, valid.new_ones(segment.shape[:2])], dim=1)
-        hidden = self._decode(embeds, valid, block=block, **kwargs)
+        hidden = self._decode(embeds, valid, causal=not parallel, **kwargs)
         action_logits = self._action_head(hidden[:, start - 1 : start - 1 + num_tokens])
 
         loss = None
@@ -429,31 +438,28 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         return embeds, valid
 
     def _attention_bias(
-        self, valid: torch.Tensor, query_length: int, dtype: torch.dtype, block: tuple[int, int] | None = None
+        self, valid: torch.Tensor, query_length: int, dtype: torch.dtype, causal: bool = True
     ) -> torch.Tensor:
-        """Additive 4D mask `[B, 1, q, K]` for the last `query_length` of `K` positions: causal, no padded keys, and
-        (parallel decoding) every position of `block = (begin, end)` sees every other one."""
+        """Additive 4D mask `[B, 1, q, K]` for the last `query_length` of `K` positions: no padded keys, and causal
+        unless `causal=False` (parallel decoding: every real position sees every other one)."""
         key_length = valid.shape[1]
         keys = torch.arange(key_length, device=valid.device)
         queries = keys[key_length - query_length :]
-        allowed = keys[None, :] <= queries[:, None]
-        if block is not None:
-            in_block_keys = (keys >= block[0]) & (keys < block[1])
-            in_block_queries = (queries >= block[0]) & (queries < block[1])
-            allowed = allowed | (in_block_queries[:, None] & in_block_keys[None, :])
+        if causal:
+            allowed = (keys[None, :] <= queries[:, None])[None] & valid[:, None, :]
+        else:
+            allowed = valid[:, None, :].expand(-1, query_length, -1)
         # Every query also sees itself, so that the rows of padded positions are never empty (no NaN).
-        allowed = (allowed[None] & valid[:, None, :]) | (keys[None, :] == queries[:, None])[None]
+        allowed = allowed | (keys[None, :] == queries[:, None])[None]
         bias = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
         return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
-    def _decode(
-        self, embeds: torch.Tensor, valid: torch.Tensor, block: tuple[int, int] | None = None, **kwargs: Any
-    ) -> torch.Tensor:
+    def _decode(self, embeds: torch.Tensor, valid: torch.Tensor, causal: bool = True, **kwargs: Any) -> torch.Tensor:
         """Last hidden states of the language model over a full multimodal sequence."""
         position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)
         output = self.language_model.model(
             inputs_embeds=embeds,
-            attention_mask=self._attention_bias(valid, valid.shape[1], embeds.dtype, block),
+            attention_mask=self._attention_bias(valid, valid.shape[1], embeds.dtype, causal),
             position_ids=position_ids,
             use_cache=False,
             **kwargs,
