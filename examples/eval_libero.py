@@ -20,6 +20,14 @@ each rate:
 python examples/eval_libero.py --model_name_or_path outputs/opd_libero --task_ids 0 --init_state_ids $(seq 32 47)
 ```
 
+A published checkpoint under its own paper's evaluation (`--protocol openvla|oft|simplevla_rl`: 256 px camera, JPEG
+round trip, Lanczos resize to 224, centre crop, gripper [0, 1] -> {-1, +1} flipped, the suite's `unnorm_key`):
+
+```bash
+python examples/eval_libero.py --model_name_or_path openvla/openvla-7b-finetuned-libero-spatial \
+    --suite libero_spatial --protocol openvla
+```
+
 A quick look at two tasks:
 
 ```bash
@@ -67,7 +75,17 @@ class EvalArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the simulator and of sampling."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: greedy, the standard)."})
     num_envs: int = field(default=2, metadata={"help": "Simulator worker processes."})
-    image_size: int = field(default=128, metadata={"help": "Camera resolution rendered by the simulator."})
+    protocol: str = field(
+        default="native",
+        metadata={
+            "help": "Published LIBERO evaluation to reproduce: native (this repository's), openvla, oft or "
+            "simplevla_rl (camera size, JPEG + Lanczos resize to 224, centre crop, gripper post-processing, "
+            "unnorm_key of the suite, open-loop steps, episode limit; see trl_vla.envs.eval_protocols)."
+        },
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Camera resolution rendered by the simulator (default: the protocol's)."}
+    )
     max_episode_steps: int | None = field(default=None, metadata={"help": "Override of the suite's episode limit."})
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where results.json and videos go."})
     forgetting: bool = field(
@@ -91,6 +109,7 @@ def main(args: EvalArguments) -> dict:
         "max_episode_steps": args.max_episode_steps,
         "init_state_ids": args.init_state_ids,
         "open_loop_steps": args.open_loop_steps,
+        "protocol": args.protocol,
     }
     policy = as_policy(args.model_name_or_path)
     if args.forgetting:
@@ -121,7 +140,10 @@ def main(args: EvalArguments) -> dict:
 
 def print_results(results: dict) -> None:
     episodes = len(results["init_state_ids"])
-    print(f"\n{results['suite']}: {episodes} greedy episodes per task (success, 95% Wilson interval)")
+    print(
+        f"\n{results['suite']} ({results['protocol']} protocol): {episodes} greedy episodes per task "
+        "(success, 95% Wilson interval)"
+    )
     for task in results["per_task"]:
         print(
             f"  task {task['task_id']:2d}  {format_success(sum(task['successes']), episodes)}  {task['instruction']}"

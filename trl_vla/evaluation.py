@@ -4,7 +4,8 @@ The protocol is OpenVLA's LIBERO evaluation (as SimpleVLA-RL and VLA-OPD report 
 from the task's fixed init state `k` (`k = 0 .. episodes_per_task - 1`, or given `init_state_ids`), the simulator first runs its no-op wait
 steps, the policy then acts for at most the suite's episode limit, and an episode succeeds when the task's goal
 predicate holds. Actions are greedy (temperature 0) unless asked otherwise. `LiberoEnv` owns the init states, the
-wait steps and the limits; this module only chooses the prompts, runs them and counts.
+wait steps and the limits; this module only chooses the prompts, runs them and counts. `protocol=` reproduces one of
+the published evaluations' preprocessing and action handling instead (`trl_vla.envs.eval_protocols`).
 
 Results are plain dicts of JSON types, so `evaluate.save(path, **results)` logs them (no Hub access).
 """
@@ -70,12 +71,13 @@ def evaluate_policy(
     video_dir: str | None = None,
     temperature: float = 0.0,
     max_episode_steps: int | None = None,
-    image_size: int = 128,
+    image_size: int | None = None,
     max_failure_videos: int = 2,
     progress: bool = True,
     init_state_ids: Sequence[int] | None = None,
     open_loop_steps: int | None = None,
     processor: Any = None,
+    protocol: str | Any = "native",
 ) -> dict[str, Any]:
     """Roll `policy` out on LIBERO under the standard protocol and report its success rate per task and overall.
 
@@ -94,27 +96,48 @@ def evaluate_policy(
         video_dir: Save videos of up to `max_failure_videos` failed episodes per task there (`.mp4`; greedy
             evaluations replay them with a frame per env step, sampled ones keep a frame per decision).
         temperature: Sampling temperature; 0 (default) is greedy, as the standard evaluation.
-        max_episode_steps: Override of the suite's episode limit (default: the standard one).
-        image_size: Camera resolution when `envs` is not given.
+        max_episode_steps: Override of the suite's episode limit (default: the protocol's).
+        image_size: Camera resolution when `envs` is not given (default: the protocol's, 128 for `native`).
         max_failure_videos: Failure videos saved per task.
         progress: Show a progress bar.
         init_state_ids: The init states to start from, one episode each per task, instead of
             `0 .. episodes_per_task - 1` (e.g. init states a training run never saw).
-        open_loop_steps: Actions of each predicted chunk to execute before the next decision (default: the whole
-            chunk), as in training (`open_loop_steps` of the trainers' configs).
+        open_loop_steps: Actions of each predicted chunk to execute before the next decision (default: the
+            protocol's; the whole chunk for `native`), as in training (`open_loop_steps` of the trainers' configs).
         processor: The processor of a VLA model given as `policy`.
+        protocol: A published LIBERO evaluation to reproduce (`trl_vla.envs.eval_protocols`): `"native"` (default;
+            this repository's), `"openvla"`, `"oft"` or `"simplevla_rl"`, or an `EvalProtocol`. It sets the camera
+            resolution, the images the model gets (JPEG round trip, Lanczos resize to 224, 90%-area centre crop),
+            the gripper post-processing, the `unnorm_key` (the suite's), the open-loop steps, the wait steps and the
+            episode limit; the explicit arguments above override it. With `envs` given, the pool's own camera
+            resolution and wait steps are used.
 
     Returns:
-        A dict of JSON types: `suite`, `task_ids`, `init_state_ids`, `episodes_per_task`, `seed`, `temperature`,
+        A dict of JSON types: `suite`, `protocol` (its name), `task_ids`, `init_state_ids`, `episodes_per_task`,
+        `seed`, `temperature`,
         `success_rate` (over all episodes) with its 95% Wilson interval `success_interval`, `num_episodes`,
         `num_successes`, `mean_episode_length` (policy steps), `per_task` (a list of
         `{"task_id", "instruction", "success_rate", "successes"}`), `videos` (paths) and `runtime_s`.
     """
-    from .envs.libero import make_prompts
+    from .envs.eval_protocols import ProtocolPolicy, get_protocol
+    from .envs.libero import NUM_WAIT_STEPS, make_prompts
     from .models import as_policy
     from .rollout import collect_rollouts, make_env_pool
 
+    protocol = get_protocol(protocol)  # raises on unknown names
     policy = as_policy(policy, processor)
+    env_kwargs: dict[str, Any] = {"image_size": protocol.image_size if image_size is None else image_size}
+    if protocol.num_wait_steps != NUM_WAIT_STEPS:
+        env_kwargs["num_wait_steps"] = protocol.num_wait_steps
+    config = getattr(getattr(policy, "unwrapped_model", None), "config", None)
+    if protocol.wrist_camera and getattr(config, "num_images", 1) > 1:
+        env_kwargs["wrist_camera"] = True
+    if not protocol.is_native:
+        policy = ProtocolPolicy(policy, protocol, suite)
+    if max_episode_steps is None and protocol.max_episode_steps is not None:
+        max_episode_steps = protocol.max_episode_steps
+    if open_loop_steps is None:
+        open_loop_steps = protocol.open_loop_steps
 
     if init_state_ids is None:
         if not 1 <= episodes_per_task <= 50:
@@ -129,7 +152,7 @@ def evaluate_policy(
     prompts = make_prompts(suite, task_ids, init_state_ids)  # raises on unknown suites, tasks and init states
     owns_envs = envs is None
     if owns_envs:
-        envs = make_env_pool(num_workers=num_envs, image_size=image_size)
+        envs = make_env_pool(num_workers=num_envs, **env_kwargs)
     start = time.perf_counter()
     rollout_kwargs = {
         "temperature": temperature,
@@ -160,6 +183,7 @@ def evaluate_policy(
         )
     return {
         "suite": suite,
+        "protocol": protocol.name,
         "task_ids": [t["task_id"] for t in per_task],
         "init_state_ids": init_state_ids,
         "episodes_per_task": len(init_state_ids),
