@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from dataclasses import field
 from typing import Any
 
@@ -33,6 +36,69 @@ VISION_BACKBONES: dict[str, dict[str, list]] = {
 }
 
 DECODING_MODES = ("autoregressive", "parallel")
+
+# Released fine-tuned checkpoints keep their action statistics next to the weights; OpenVLA's and OpenVLA-OFT's
+# loaders (`get_vla` in `experiments/robot/openvla_utils.py`, SimpleVLA-RL's `fsdp_workers.py`) replace
+# `norm_stats` with this file whenever it exists.
+DATASET_STATISTICS_FILE = "dataset_statistics.json"
+# Modules that OpenVLA-OFT trains outside the VLA and saves as `<name>--<step>_checkpoint.pt` next to it (found by
+# `find_checkpoint_file(folder, name)`: a file whose name contains `name` and "checkpoint").
+EXTRA_MODULE_FILE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)--.*checkpoint.*\.pt$")
+
+
+def _weight_names(folder: str) -> set[str] | None:
+    """Parameter names stored in the safetensors weights of `folder` (headers only), or `None` if there are none."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            return set(json.load(f)["weight_map"])
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(single):
+        from safetensors import safe_open
+
+        with safe_open(single, framework="pt") as f:
+            return set(f.keys())
+    return None
+
+
+def _released_layout_settings(folder: str, config_dict: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`config_dict` completed from the files of a released checkpoint folder: `dataset_statistics.json` replaces
+    `norm_stats`, and OpenVLA-OFT's extra module files are either covered by the weights or refused by name."""
+    statistics = os.path.join(folder, DATASET_STATISTICS_FILE)
+    if os.path.isfile(statistics) and "norm_stats" not in overrides:
+        with open(statistics) as f:
+            config_dict = {**config_dict, "norm_stats": json.load(f)}
+    use_proprio = overrides.get("use_proprio", config_dict.get("use_proprio", False))
+    for filename in sorted(os.listdir(folder)):
+        match = EXTRA_MODULE_FILE.match(filename)
+        if match is None:
+            continue
+        name = match.group("name")
+        if name == "proprio_projector":
+            if not use_proprio:
+                continue  # as OpenVLA-OFT and SimpleVLA-RL without proprio: the file is not used
+            names = _weight_names(folder)
+            if names is not None and any(n.startswith("proprio_projector.") for n in names):
+                continue  # the weights hold the projector (a checkpoint saved by this package)
+            raise ValueError(
+                f"{os.path.join(folder, filename)} holds OpenVLA-OFT's proprio projector outside the model weights, "
+                "and this loader does not merge such files: with `use_proprio=True` the projector would start from "
+                "random weights. Load with `use_proprio=False`, or save a checkpoint whose weights include "
+                "`proprio_projector.*` (load its `fc1`/`fc2` state dict, without the `module.` prefix, into "
+                "`model.proprio_projector`, then `save_pretrained`)."
+            )
+        kind = {
+            "action_head": "a continuous action head (L1 regression or diffusion)",
+            "noisy_action_projector": "the noisy-action projector of a diffusion action head",
+            "vision_backbone": "a FiLM-conditioned vision backbone",
+        }.get(name, f"an extra `{name}` module")
+        raise ValueError(
+            f"{os.path.join(folder, filename)} holds {kind} that OpenVLA-OFT trains outside the VLA. "
+            "`OpenVLAForActionPrediction` predicts discrete action tokens only and cannot load it; loading the "
+            "folder without it would give a different policy than the checkpoint's. Use a checkpoint trained with "
+            "discrete action tokens, or remove the file to use the VLA weights alone."
+        )
+    return config_dict
 
 
 class OpenVLAConfig(PreTrainedConfig):
@@ -171,6 +237,27 @@ class OpenVLAConfig(PreTrainedConfig):
             self.use_fused_vision_backbone = num_featurizers == 2
         super().__post_init__(**kwargs)
         self._check_consistency()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> OpenVLAConfig:
+        # `from_dict` reads the folder's extra files (`AutoConfig` passes `name_or_path` itself).
+        kwargs.setdefault("name_or_path", os.fspath(pretrained_model_name_or_path))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> OpenVLAConfig:
+        """Also reads a released checkpoint folder's extra files when the dict comes from one: its
+        `dataset_statistics.json` replaces `norm_stats` (as OpenVLA's loaders do), and OpenVLA-OFT's separately saved
+        modules (`action_head--*_checkpoint.pt`, ...) that this model cannot load raise a `ValueError` naming the
+        file."""
+        folder = kwargs.get("name_or_path")
+        if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+            config_dict = _released_layout_settings(os.fspath(folder), config_dict, kwargs)
+        loaded = super().from_dict(config_dict, **kwargs)
+        # `from_dict` sets the keyword arguments after `__post_init__` (e.g. `decoding="parallel"`, `chunk_size=8`
+        # for OpenVLA-OFT checkpoints, whose `config.json` has no such fields): check them too.
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._check_consistency()
+        return loaded
 
     def _check_consistency(self) -> None:
         """Raise a `ValueError` naming the first inconsistent field."""

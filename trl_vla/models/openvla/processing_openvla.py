@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +19,13 @@ from transformers.processing_utils import ProcessorMixin
 from ...action_tokenizer import normalize_actions, select_norm_stats
 
 
-__all__ = ["OpenVLAImageProcessor", "OpenVLAProcessor", "PROMPT_TEMPLATE"]
+__all__ = [
+    "PROMPT_TEMPLATE",
+    "OpenVLAImageProcessor",
+    "OpenVLAProcessor",
+    "PrismaticImageProcessor",
+    "PrismaticProcessor",
+]
 
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 
@@ -39,6 +47,11 @@ class OpenVLAImageProcessor(BaseImageProcessor):
             Per-featurizer channel means; defaults to DINOv2's and SigLIP's.
         stds (`list[list[float]]`, *optional*):
             Per-featurizer channel standard deviations; defaults to DINOv2's and SigLIP's.
+        kwargs:
+            The fields of a released `PrismaticImageProcessor` (`preprocessor_config.json` of openvla-7b) are read
+            as that class reads them: `input_sizes` gives `image_size`, and `tvf_normalize_params` (what it applies,
+            e.g. openvla-7b's bfloat16-rounded DINOv2 statistics) take precedence over `means`/`stds`. Only its
+            "resize-naive" strategy with bicubic interpolation is implemented; other settings raise a `ValueError`.
     """
 
     model_input_names = ["pixel_values"]
@@ -50,6 +63,7 @@ class OpenVLAImageProcessor(BaseImageProcessor):
         stds: Sequence[Sequence[float]] | None = None,
         **kwargs: Any,
     ):
+        image_size, means, stds = self._released_fields(image_size, means, stds, kwargs)
         super().__init__(**kwargs)
         self.image_size = int(image_size)
         self.means = [list(m) for m in (means if means is not None else [DINO_MEAN, SIGLIP_MEAN])]
@@ -58,6 +72,31 @@ class OpenVLAImageProcessor(BaseImageProcessor):
             raise ValueError(
                 f"Give one or two (fused) normalisations, got {len(self.means)} means, {len(self.stds)} stds."
             )
+
+    @staticmethod
+    def _released_fields(image_size, means, stds, kwargs: dict[str, Any]):
+        """Consume the fields of a released `PrismaticImageProcessor` config from `kwargs`."""
+        strategy = kwargs.pop("image_resize_strategy", "resize-naive")
+        if strategy != "resize-naive" or kwargs.pop("tvf_do_letterbox", False):
+            raise ValueError(
+                f"Only the 'resize-naive' image resize strategy is implemented, got {strategy!r} (letterbox padding "
+                "and resize-crop are not)."
+            )
+        interpolations = kwargs.pop("interpolations", None) or []
+        if any(i != "bicubic" for i in interpolations):
+            raise ValueError(f"Only bicubic interpolation is implemented, got {interpolations}.")
+        input_sizes = kwargs.pop("input_sizes", None)
+        if input_sizes is not None:
+            sides = {int(s) for size in input_sizes for s in size[-2:]}
+            if len(sides) != 1:
+                raise ValueError(f"The featurizers must share one square input size, got `input_sizes`={input_sizes}.")
+            image_size = sides.pop()
+        normalize = kwargs.pop("tvf_normalize_params", None)
+        if normalize:
+            means, stds = [p["mean"] for p in normalize], [p["std"] for p in normalize]
+        for name in ("use_fused_vision_backbone", "tvf_resize_params", "tvf_crop_params", "tvf_letterbox_fill"):
+            kwargs.pop(name, None)
+        return image_size, means, stds
 
     @staticmethod
     def _to_uint8_chw(image: ImageInput) -> torch.Tensor:
@@ -132,6 +171,30 @@ class OpenVLAProcessor(ProcessorMixin):
         self.unnorm_key = unnorm_key
         super().__init__(image_processor, tokenizer, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> OpenVLAProcessor:
+        """Load a processor saved by this class, or the `PrismaticProcessor` files of a released OpenVLA checkpoint.
+
+        For a released checkpoint (its `processor_config.json` names `PrismaticProcessor`), what the published code
+        does outside the processor is filled in: `prompt_end_token_id` is the tokenizer's empty word-boundary token
+        "▁" (29871 for Llama-2), which `predict_action` appends, and `norm_stats` (for proprio) come from
+        `dataset_statistics.json`, else from `config.json`.
+        """
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(folder) and _is_released_layout(folder):
+            if processor.prompt_end_token_id is None and "prompt_end_token_id" not in kwargs:
+                token_id = processor.tokenizer.convert_tokens_to_ids("\u2581")
+                if token_id is None or token_id == processor.tokenizer.unk_token_id:
+                    raise ValueError(
+                        f"The tokenizer of {folder} has no empty word-boundary token '\u2581' (29871 in Llama-2), "
+                        "which OpenVLA appends to every prompt; pass `prompt_end_token_id=`."
+                    )
+                processor.prompt_end_token_id = token_id
+            if processor.norm_stats is None and "norm_stats" not in kwargs:
+                processor.norm_stats = _released_norm_stats(folder)
+        return processor
+
     @staticmethod
     def prompt(instruction: str) -> str:
         """OpenVLA's prompt for one instruction."""
@@ -190,3 +253,42 @@ class OpenVLAProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "proprio"]
+
+
+def _is_released_layout(folder: str) -> bool:
+    """Whether `folder`'s processor was saved by the published `PrismaticProcessor` (remote code)."""
+    path = os.path.join(folder, "processor_config.json")
+    if not os.path.isfile(path):
+        return os.path.isfile(os.path.join(folder, "preprocessor_config.json"))
+    with open(path) as f:
+        return json.load(f).get("processor_class") == "PrismaticProcessor"
+
+
+def _released_norm_stats(folder: str) -> dict[str, Any] | None:
+    for name, key in (("dataset_statistics.json", None), ("config.json", "norm_stats")):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                data = json.load(f)
+            data = data.get(key) if key else data
+            if data:
+                return data
+    return None
+
+
+class PrismaticImageProcessor(OpenVLAImageProcessor):
+    """The class name in released OpenVLA `preprocessor_config.json` files, so that they resolve to the native
+    processor without remote code: `from_pretrained` returns an [`OpenVLAImageProcessor`]."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> OpenVLAImageProcessor:
+        return OpenVLAImageProcessor.from_pretrained(*args, **kwargs)
+
+
+class PrismaticProcessor(OpenVLAProcessor):
+    """The class name in released OpenVLA `processor_config.json` files, so that they resolve to the native
+    processor without remote code: `from_pretrained` returns an [`OpenVLAProcessor`]."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> OpenVLAProcessor:
+        return OpenVLAProcessor.from_pretrained(*args, **kwargs)
