@@ -20,7 +20,25 @@ from trl_vla.evaluation import format_success
 
 
 @dataclass
-class LiberoScriptArguments:
+class CheckpointArguments:
+    """How to read a released checkpoint whose `config.json` does not say how it decodes (OpenVLA-OFT's)."""
+
+    checkpoint_decoding: str | None = field(
+        default=None,
+        metadata={"help": "Decoding of the --model_name_or_path checkpoint (OpenVLA-OFT discrete: parallel)."},
+    )
+    checkpoint_chunk_size: int | None = field(
+        default=None, metadata={"help": "Action chunk of that checkpoint (OpenVLA-OFT on LIBERO: 8)."}
+    )
+
+    def checkpoint_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `from_pretrained` for the checkpoint."""
+        kwargs = {"decoding": self.checkpoint_decoding, "chunk_size": self.checkpoint_chunk_size}
+        return {key: value for key, value in kwargs.items() if value is not None}
+
+
+@dataclass
+class LiberoScriptArguments(CheckpointArguments):
     """What to train on. The student is `--model_name_or_path` (ModelConfig), or a tiny OpenVLA made on the fly."""
 
     suite: str = field(default="libero_object", metadata={"help": "LIBERO suite."})

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import evaluate
 import torch
+from _common import CheckpointArguments
 from trl import TrlParser
 
 from trl_vla.evaluation import HELD_OUT_TASKS, evaluate_policy, evaluate_tasks, forgetting_report, format_success
@@ -97,7 +98,7 @@ class EvalArguments:
     )
 
 
-def main(args: EvalArguments) -> dict:
+def main(args: EvalArguments, checkpoint: CheckpointArguments | None = None) -> dict:
     torch.set_num_threads(1)
     os.makedirs(args.output_dir, exist_ok=True)
     kwargs = {
@@ -111,13 +112,15 @@ def main(args: EvalArguments) -> dict:
         "open_loop_steps": args.open_loop_steps,
         "protocol": args.protocol,
     }
-    policy = as_policy(args.model_name_or_path)
+    load_kwargs = checkpoint.checkpoint_kwargs() if checkpoint is not None else {}
+    policy = as_policy(args.model_name_or_path, **load_kwargs)
     if args.forgetting:
         results = evaluate_tasks(policy, HELD_OUT_TASKS, video_dir=os.path.join(args.output_dir, "videos"), **kwargs)
         for suite_results in results.values():
             print_results(suite_results)
         if args.baseline_model_name_or_path is not None:
-            baseline = evaluate_tasks(as_policy(args.baseline_model_name_or_path), HELD_OUT_TASKS, **kwargs)
+            baseline_policy = as_policy(args.baseline_model_name_or_path, **load_kwargs)
+            baseline = evaluate_tasks(baseline_policy, HELD_OUT_TASKS, **kwargs)
             report = forgetting_report(baseline, results)
             print(f"\n{'held-out task':40} {'before':>8} {'after':>8} {'change':>8}")
             for row in report["tasks"]:
@@ -152,5 +155,5 @@ def print_results(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    (eval_args,) = TrlParser((EvalArguments,)).parse_args_and_config()
-    main(eval_args)
+    eval_args, checkpoint_args = TrlParser((EvalArguments, CheckpointArguments)).parse_args_and_config()
+    main(eval_args, checkpoint_args)

@@ -65,7 +65,7 @@ def main(script_args: ScriptArguments, training_args: VLAGRPOConfig, model_args:
     train_prompts = make_prompts(script_args.suite, script_args.task_ids, ids_or_all(script_args.init_state_ids))
     eval_prompts = make_prompts(script_args.suite, script_args.task_ids, ids_or_all(script_args.eval_init_state_ids))
     trainer = VLAGRPOTrainer(
-        model=OpenVLAForActionPrediction.from_pretrained(model_path),
+        model=OpenVLAForActionPrediction.from_pretrained(model_path, **script_args.checkpoint_kwargs()),
         args=training_args,
         train_dataset=train_prompts,
         eval_dataset=eval_prompts,

@@ -77,7 +77,7 @@ class ScriptArguments(LiberoScriptArguments):
 def main(script_args: ScriptArguments, training_args: VLAOPDConfig, model_args: ModelConfig) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model_path = prepare_student(script_args, training_args, model_args)
-    model = OpenVLAForActionPrediction.from_pretrained(model_path)
+    model = OpenVLAForActionPrediction.from_pretrained(model_path, **script_args.checkpoint_kwargs())
     processor = OpenVLAProcessor.from_pretrained(model_path)
 
     teacher = training_args.teacher_model_name_or_path

@@ -223,6 +223,17 @@ def test_released_openvla_oft_layout_loads_with_the_oft_settings(tmp_path):
         AutoModelForImageTextToText.from_pretrained(path, decoding="parallel", chunk_size=8, use_proprio=True)
 
 
+def test_as_policy_passes_the_oft_settings_of_a_released_checkpoint(tmp_path):
+    from trl_vla.models import as_policy
+
+    path = make_released_openvla(tmp_path / "oft", stats_in_config=False)
+    # `config.json` of a released OFT checkpoint does not say it decodes in parallel: as read, it is autoregressive
+    assert as_policy(path).action_space.chunk_size == 1
+    policy = as_policy(path, decoding="parallel", chunk_size=8)
+    assert policy.action_space.chunk_size == 8 and policy.unwrapped_model.config.decoding == "parallel"
+    assert not policy.unwrapped_model.training
+
+
 def test_a_continuous_action_head_is_refused_naming_its_file(tmp_path):
     # moojink/openvla-oft's LIBERO checkpoints: an L1-regression `action_head--150000_checkpoint.pt` (and the
     # proprio projector) next to the VLA weights.

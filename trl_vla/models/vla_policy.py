@@ -24,7 +24,7 @@ def load_vla(path: str, **kwargs: Any) -> PreTrainedModel:
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
 
 
-def as_policy(policy: Any, processor: Any = None) -> ActionPolicy:
+def as_policy(policy: Any, processor: Any = None, **load_kwargs: Any) -> ActionPolicy:
     """The policy-contract object for what a user has at hand.
 
     Args:
@@ -32,6 +32,8 @@ def as_policy(policy: Any, processor: Any = None) -> ActionPolicy:
             (`PreTrainedModel`), or the path of a VLA checkpoint (loaded with `load_vla`, in evaluation mode).
         processor: The model's processor. Defaults to the one saved with the checkpoint (the path, or the model's
             `config._name_or_path` when that is a local directory).
+        load_kwargs: With a path, passed to `load_vla` (e.g. `decoding="parallel", chunk_size=8` for a released
+            OpenVLA-OFT checkpoint, whose `config.json` does not say).
 
     Raises:
         TypeError: For anything else, naming what is accepted.
@@ -40,7 +42,8 @@ def as_policy(policy: Any, processor: Any = None) -> ActionPolicy:
     if isinstance(policy, (str, os.PathLike)):
         path = os.fspath(policy)
         return VLAPolicy(
-            load_vla(path).eval(), processor if processor is not None else AutoProcessor.from_pretrained(path)
+            load_vla(path, **load_kwargs).eval(),
+            processor if processor is not None else AutoProcessor.from_pretrained(path),
         )
     if isinstance(policy, PreTrainedModel):
         if processor is None:
