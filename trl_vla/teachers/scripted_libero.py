@@ -65,8 +65,10 @@ SUPPORTED_TASKS: dict[str, tuple[int, ...]] = {
     "libero_spatial": tuple(range(10)),
     # not the two drawers to pull open (0, 3)
     "libero_goal": (1, 2, 4, 5, 6, 7, 8, 9),
-    # not the mug into the microwave (9): a hand holding it from above does not fit under the microwave's roof
-    "libero_10": tuple(range(9)),
+    # not the soup and the cream cheese into the basket (7: 33/50; lifting the flat box from the low table near the
+    # robot's base drives wrist joints 5-7 to their limits), nor the mug into the microwave (9: a hand holding it
+    # from above does not fit under the microwave's roof)
+    "libero_10": (0, 1, 2, 3, 4, 5, 6, 8),
 }
 """Tasks the expert solves reliably (measured with `benchmarks/expert_success.py`)."""
 
