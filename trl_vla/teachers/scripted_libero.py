@@ -486,42 +486,13 @@ def _top_below(state: Mapping[str, np.ndarray], pick_box: np.ndarray) -> float:
     return float(boxes[under, 5].max()) if under.any() else -np.inf
 
 
-def _open_above(state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_box: np.ndarray) -> np.ndarray:
-    """Where to lower the object's footprint centre (xy) into a region (`In`): its middle, unless something hangs
-    over the middle (the cabinet above an open bottom drawer); then the point of the region nearest the middle with
-    nothing above the footprint."""
-    centre = (place_box[:2] + place_box[3:5]) / 2
-    boxes = _obstacles(state)
-    above = boxes[boxes[:, 2] > place_box[5] + 0.005]
-    half = (pick_box[3:5] - pick_box[:2]) / 2
-
-    def covered(spots: np.ndarray) -> np.ndarray:
-        overlap = np.all(above[None, :, :2] < spots[:, None] + half, axis=-1) & np.all(
-            above[None, :, 3:5] > spots[:, None] - half, axis=-1
-        )
-        return overlap.any(-1)
-
-    if len(above) == 0 or not covered(centre[None])[0]:
-        return centre
-    xs = np.linspace(place_box[0], place_box[3], 11)
-    ys = np.linspace(place_box[1], place_box[4], 11)
-    spots = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
-    free = spots[~covered(spots)]
-    if len(free) == 0:
-        return centre
-    return free[int(np.argmin(np.linalg.norm(free - centre, axis=1)))]
-
-
 def _free_spot(state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_box: np.ndarray) -> np.ndarray:
     """Where to set the pick object's origin down (xy) on a target region it goes `On`: the middle; the region's
     near end when other objects of the goal go there too (the first pot on the stove); the point furthest from those
-    already standing there (the second pot). Into a region (`In`): see `_open_above`. The middle of any other
-    target."""
+    already standing there (the second pot). The middle of any other target."""
     centre = (place_box[:2] + place_box[3:5]) / 2
     origin = np.asarray(state["pick_pos"][:2], np.float64)
-    if state["place_is_region"][0] > 0.5 and state["place_inside"][0] > 0.5:
-        return _open_above(state, pick_box, place_box) + (origin - (pick_box[:2] + pick_box[3:5]) / 2)
-    if state["place_is_region"][0] < 0.5:
+    if state["place_is_region"][0] < 0.5 or state["place_inside"][0] > 0.5:
         return centre + (origin - (pick_box[:2] + pick_box[3:5]) / 2)
     boxes = np.asarray(state["obstacle_boxes"], np.float64)[np.asarray(state["obstacle_kind"]) == OBSTACLE_OBJECT]
     standing = boxes[
