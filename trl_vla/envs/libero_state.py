@@ -247,17 +247,16 @@ def _obstacles(
     return boxes, kinds
 
 
-def _current_subgoal(robot_env: Any) -> tuple[int, list[str]]:
-    """`(index, predicate)` of the goal predicate to work on now (see the module docstring); `(n, [])` when all hold.
-
-    A predicate of an unknown kind is skipped (it never becomes current)."""
+def _current_subgoal(robot_env: Any, holds: list[bool]) -> tuple[int, list[str]]:
+    """`(index, predicate)` of the goal predicate to work on now (see the module docstring), given whether each goal
+    predicate holds; `(n, [])` when all hold. A predicate of an unknown kind is skipped (it never becomes current)."""
     goal = robot_env.parsed_problem["goal_state"]
     order = [i for i, p in enumerate(goal) if p[0].lower() != "close"] + [
         i for i, p in enumerate(goal) if p[0].lower() == "close"
     ]
     for i in order:
         kind = goal[i][0].lower()
-        if kind in SUBGOAL_KINDS and not robot_env._eval_predicate(goal[i]):
+        if kind in SUBGOAL_KINDS and not holds[i]:
             target = goal[i][2] if len(goal[i]) == 3 else None
             site = robot_env.object_sites_dict.get(target) if kind == "in" else None
             if site is not None and site.joints and not robot_env.object_states_dict[target].is_open():
@@ -426,7 +425,10 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
 
     robot_env = _robosuite_env(env)
     model, data = robot_env.sim.model._model, robot_env.sim.data._data
-    subgoal_index, subgoal = _current_subgoal(robot_env)
+    # Each goal predicate is evaluated once per state: for the current subgoal and for `success` (LIBERO's
+    # `_check_success` is their conjunction).
+    holds = [bool(robot_env._eval_predicate(p)) for p in robot_env.parsed_problem["goal_state"]]
+    subgoal_index, subgoal = _current_subgoal(robot_env, holds)
     kind = SUBGOAL_KINDS.index(subgoal[0]) if subgoal else -1
     if kind in (SUBGOAL_ON, SUBGOAL_IN):
         pick_name, place_name = subgoal[1], subgoal[2]
@@ -451,7 +453,7 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
         "gripper_qvel": gripper_qvel.astype(np.float32),
         "gripper_opening": np.array([np.abs(gripper_qpos).sum()], np.float32),
         "joint_pos": np.asarray(data.qpos[robot._ref_joint_pos_indexes], np.float32),
-        "success": np.array([float(robot_env._check_success())], np.float32),
+        "success": np.array([float(all(holds))], np.float32),
         "subgoal_index": np.array([subgoal_index], np.int64),
         "subgoal_kind": np.array([kind], np.int64),
         "place_inside": np.array([float(kind == SUBGOAL_IN)], np.float32),
