@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from trl_vla.action_tokenizer import identity_norm_stats
 from trl_vla.models import OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAProcessor
 from trl_vla.models.openvla import OpenVLAImageProcessor
-from trl_vla.testing import make_released_openvla
+from trl_vla.testing import make_released_openvla, tiny_llama_config
 from trl_vla.testing.released_layout import RELEASED_DINO_MEAN, RELEASED_DINO_STD
 
 
@@ -46,17 +46,7 @@ def _openvla_parity_model(data) -> OpenVLAForActionPrediction:
         vision_backbone_id="dinosiglip-vit-so-224px",
         image_sizes=[32, 32],
         timm_model_kwargs=[vit, vit],
-        text_config={
-            "model_type": "llama",
-            "vocab_size": 32064,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 256,
-            "pad_token_id": 32000,
-        },
+        text_config=tiny_llama_config(vocab_size=32064, pad_token_id=32000),
         norm_stats={"bridge_orig": {"action": stats}},
         unnorm_key="bridge_orig",
     )

@@ -16,7 +16,7 @@ from trl_vla.models import (
     VLAPolicy,
     load_vla,
 )
-from trl_vla.testing import make_tiny_openvla
+from trl_vla.testing import make_tiny_openvla, tiny_llama_config
 
 
 torch.set_num_threads(1)
@@ -383,17 +383,7 @@ def _oft_parity_model() -> OpenVLAForActionPrediction:
         image_sizes=[32, 32],
         timm_override_act_layers=[None, None],
         timm_model_kwargs=[vit, vit],
-        text_config={
-            "model_type": "llama",
-            "vocab_size": 384,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 256,
-            "pad_token_id": 320,
-        },
+        text_config=tiny_llama_config(vocab_size=384, pad_token_id=320),
         pad_token_id=320,
         pad_to_multiple_of=64,
         norm_stats={"libero": make_identity_stats()},

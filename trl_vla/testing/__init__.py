@@ -3,7 +3,7 @@ few-shot SFT'd tiny student. Test and demo factories, not model code: the models
 
 from .released_layout import make_released_openvla
 from .sft_student import make_tiny_sft_student
-from .tiny_models import make_tiny_openvla, make_tiny_tokenizer, make_tiny_vlm_policy
+from .tiny_models import make_tiny_openvla, make_tiny_tokenizer, make_tiny_vlm_policy, tiny_llama_config
 
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "make_tiny_sft_student",
     "make_tiny_tokenizer",
     "make_tiny_vlm_policy",
+    "tiny_llama_config",
 ]

@@ -26,11 +26,27 @@ from ..models.vlm_policy import VLMActionProcessor, VLMForActionPrediction
 from .libero_instructions import LIBERO_INSTRUCTIONS
 
 
-__all__ = ["make_tiny_openvla", "make_tiny_tokenizer", "make_tiny_vlm_policy"]
+__all__ = ["make_tiny_openvla", "make_tiny_tokenizer", "make_tiny_vlm_policy", "tiny_llama_config"]
 
 N_ACTION_BINS = 256
 # SentencePiece's word-boundary marker: OpenVLA's prompts end with the token that is only this marker (29871).
 WORD_BOUNDARY = "▁"
+
+
+def tiny_llama_config(vocab_size: int, pad_token_id: int) -> dict[str, Any]:
+    """`text_config` of the 2-layer, 32-wide Llama that the parity fixtures (`tests/fixtures/make_*_parity_fixture.py`)
+    were generated with."""
+    return {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 256,
+        "pad_token_id": pad_token_id,
+    }
 
 
 def make_tiny_tokenizer(vocab_size: int = 384, base_vocab_size: int | None = None) -> PreTrainedTokenizerFast:
