@@ -4,6 +4,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -290,6 +291,54 @@ def test_success_agrees_with_libero_and_stops_the_chunk(env):
     assert env.num_renders - renders == 1  # the early-stop frame is rendered
     assert float(info["privileged_state"]["success"][0]) == 1.0
     np.testing.assert_array_equal(env.render(), obs["image"])
+
+
+def test_phase_times_say_where_each_call_went(env):
+    tic = time.perf_counter()
+    _, info = env.reset(options={"init_state_id": 0})
+    reset_wall = time.perf_counter() - tic
+    tic = time.perf_counter()
+    *_, step_info = env.step(np.tile(MOVE, (8, 1)))
+    step_wall = time.perf_counter() - tic
+    for times, wall in ((info["phase_times"], reset_wall), (step_info["phase_times"], step_wall)):
+        assert {"physics", "controller", "observables", "render", "privileged_state", "other"} <= set(times)
+        assert all(seconds >= 0 for seconds in times.values())
+        assert sum(times.values()) == pytest.approx(wall, rel=0.05)  # the phases cover the call, nothing twice
+    assert "reset" in info["phase_times"] and "reset" not in step_info["phase_times"]
+    # One render for the chunk, which costs more than any physics step but less than the chunk's 8 steps' physics
+    # and controller together here.
+    assert 0 < step_info["phase_times"]["render"] < step_wall
+
+
+@pytest.mark.slow
+def test_one_forward_pass_per_substep_is_bit_identical_to_robosuite_substeps():
+    """LiberoEnv's substeps (one MuJoCo forward pass, then `mj_step2`) against robosuite's own (forward, the
+    controller's forward, `mj_step`), through a knob turn that succeeds: same states, images, proprio and
+    privileged states at every chunk."""
+    from trl_vla.teachers.scripted_libero import expert_action
+
+    suite, task = "libero_goal", 7  # turn on the stove: contacts with an articulated fixture
+    np.random.seed(1)  # the fixture placement drawn when the model is built: the same scene for both
+    fused = LiberoEnv(suite, task, image_size=64)
+    np.random.seed(1)
+    stock = LiberoEnv(suite, task, image_size=64)
+    del stock.sim_env.sim.step, stock.sim_env.sim.forward, stock.sim_env.env._pre_action  # robosuite's methods
+    _, info = fused.reset(options={"init_state_id": 0})
+    stock.reset(options={"init_state_id": 0})
+    for _ in range(40):
+        chunk = np.tile(expert_action(info["privileged_state"]), (8, 1))
+        obs, _, done, _, info = fused.step(chunk)
+        stock_obs, _, stock_done, _, stock_info = stock.step(chunk)
+        np.testing.assert_array_equal(fused.sim_env.sim.data.qpos, stock.sim_env.sim.data.qpos)
+        np.testing.assert_array_equal(fused.sim_env.sim.data.qvel, stock.sim_env.sim.data.qvel)
+        _assert_same_obs(obs, stock_obs)
+        _assert_same_obs(info["privileged_state"], stock_info["privileged_state"])
+        assert done == stock_done
+        if done:
+            break
+    assert done  # the knob was turned: the comparison went through the contacts
+    fused.close()
+    stock.close()
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ import numpy as np
 from .base import SimulationError
 from .libero_setup import benchmark_suite, renderer_error
 from .libero_state import LIBERO_SUITES, extract_privileged_state
+from .phase_clock import PhaseClock
 
 
 __all__ = [
@@ -218,6 +219,58 @@ class _SimSnapshot:
             robot.gripper.current_action = gripper
 
 
+class _OneForwardPerSubstep:
+    """robosuite's physics substep with one MuJoCo forward pass instead of three, with the same simulation.
+
+    robosuite runs each of the 25 substeps of an env step as `sim.forward()`, the controller (whose update calls
+    `sim.forward()` again, on the same state), then `sim.step()` (`mj_step`, whose own forward pass repeats the
+    position and velocity stages on that state once more). Here the controller's forward is skipped, and the step is
+    `mj_step2` (actuation, acceleration, constraints, integration with the controller's new `ctrl`), which continues
+    from the substep's forward pass. The trajectory, observations and privileged states are bit-identical to LIBERO's
+    own stepping (`tests/test_libero_env.py`).
+
+    Only the substeps of robosuite's `step` take the short way: `forward()` and `step()` called from anywhere else
+    (a reset, a test setting a state) are MuJoCo's full `mj_forward` and `mj_step`. One thing differs inside a
+    substep: the controller reads the force-torque sensors (acceleration stage) of the previous substep's step, not
+    of the repeated forward pass; robosuite only stores them in the robot's `recent_ee_forcetorques` history,
+    which no LIBERO observation uses.
+    """
+
+    def __init__(self, sim: Any):
+        import mujoco
+
+        self._mujoco = mujoco
+        self._model, self._data = sim.model._model, sim.data._data
+        self._in_controller = False
+        self._continue_step = False
+
+    def forward(self) -> None:
+        if self._in_controller:
+            return  # the substep's forward pass ran just before the controller, on the same state
+        self._mujoco.mj_forward(self._model, self._data)
+
+    def step(self, with_udd: bool = True) -> None:
+        if self._continue_step:
+            self._continue_step = False
+            self._mujoco.mj_step2(self._model, self._data)
+        else:
+            self._mujoco.mj_step(self._model, self._data)
+
+    def controlled(self, pre_action: Callable[..., Any]) -> Callable[..., Any]:
+        """robosuite's `_pre_action` (the controller), run between a substep's forward pass and its step."""
+
+        def run(*args, **kwargs):
+            self._in_controller, self._continue_step = True, False
+            try:
+                result = pre_action(*args, **kwargs)
+            finally:
+                self._in_controller = False
+            self._continue_step = True
+            return result
+
+        return run
+
+
 def _copy_attributes(obj: Any, names: Sequence[str]) -> dict[str, Any]:
     """The attributes `names` of `obj` that it has, numpy arrays copied."""
     values = {name: getattr(obj, name) for name in names if hasattr(obj, name)}
@@ -250,8 +303,12 @@ class LiberoEnv(gym.Env):
     Observations are dicts: `image` (`[H, W, 3]` uint8, agent view rotated 180 degrees), `wrist_image` (when
     enabled), `proprio` (`[8]` float32: end-effector position, axis-angle orientation, two gripper finger positions).
     `info` always holds `success`, `privileged_state` (see `trl_vla.envs.libero_state`), `env_steps` (steps run by
-    this call), `elapsed_steps`, `suite`, `task_id` and `init_state_id`; with `record_step_states`, `step` adds
-    `step_privileged_states`, the state after each step it ran (the last one is `privileged_state`).
+    this call), `elapsed_steps`, `suite`, `task_id`, `init_state_id` and `phase_times` (the call's wall-clock seconds
+    per phase, from `PhaseClock`: `physics` (MuJoCo's step and forward pass), `controller` (robosuite's arm
+    controller), `observables` (robosuite's observation sensors), `render`, `privileged_state`, `lookahead`,
+    `reset` (restoring the init state), `build` (a task switch) and `other` (the rest: robosuite's reward and
+    bookkeeping, this class's)); with `record_step_states`, `step` adds `step_privileged_states`, the state after each
+    step it ran (the last one is `privileged_state`).
 
     `step(action)` takes one action `[7]` or a chunk `[k, 7]` (robot units: delta position, delta axis-angle,
     gripper -1 open / +1 close), run open-loop; it stops early when the task succeeds or the episode limit is reached.
@@ -311,7 +368,10 @@ class LiberoEnv(gym.Env):
         self.init_state_id: int | None = None
         self.num_builds = 0
         self.num_renders = 0
-        self._load_task(suite, task_id)
+        self._clock = PhaseClock()
+        with self._clock.phase("build"):
+            self._load_task(suite, task_id)
+        self._clock.take()
         if seed is not None:
             self.np_random, _ = gym.utils.seeding.np_random(seed)
 
@@ -348,6 +408,7 @@ class LiberoEnv(gym.Env):
         self.init_states = init_states(suite, int(task_id))
         self.max_episode_steps = self._max_episode_steps_override or MAX_EPISODE_STEPS[suite]
         self._wrap_cameras()
+        self._time_phases()
         if self.cheap_rendering:
             import mujoco
 
@@ -370,12 +431,29 @@ class LiberoEnv(gym.Env):
 
             def gated(obs_cache, _sensor=sensor, _name=name):
                 if self._render_cameras or _name not in self._frames:
-                    self._frames[_name] = _sensor(obs_cache)
+                    with self._clock.phase("render"):
+                        self._frames[_name] = _sensor(obs_cache)
                     self.num_renders += 1
                 return self._frames[_name]
 
             gated.__modality__ = sensor.__modality__
             robosuite_env.modify_observable(name, "sensor", gated)
+
+    def _time_phases(self) -> None:
+        """Charge robosuite's physics, controller and observables to their phases of `self._clock`, and run each
+        physics substep with one forward pass instead of three (`_OneForwardPerSubstep`). Both are instance
+        attributes that shadow the methods robosuite's `step` calls."""
+        robosuite_env, sim = self._env.env, self._env.sim
+        physics = _OneForwardPerSubstep(sim)
+        sim.step = self._clock.timed("physics", physics.step)
+        sim.forward = self._clock.timed("physics", physics.forward)
+        robosuite_env._pre_action = self._clock.timed("controller", physics.controlled(robosuite_env._pre_action))
+        robosuite_env._update_observables = self._clock.timed("observables", robosuite_env._update_observables)
+        robosuite_env._get_observations = self._clock.timed("observables", robosuite_env._get_observations)
+
+    def _privileged_state(self) -> dict[str, np.ndarray]:
+        with self._clock.phase("privileged_state"):
+            return extract_privileged_state(self._env)
 
     # ------------------------------------------------------------------------------------------------------------
     # gymnasium API
@@ -391,11 +469,18 @@ class LiberoEnv(gym.Env):
         view at every step of this episode (`info["step_frames"]` of each `step`, for videos; by default only the
         frame a decision is made on is rendered).
         """
+        with self._clock.phase("other"):
+            obs, info = self._reset(seed, options)
+        info["phase_times"] = self._clock.take()
+        return obs, info
+
+    def _reset(self, seed: int | None, options: dict[str, Any] | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         options = dict(options or {})
         suite, task_id = options.get("suite", self.suite), options.get("task_id", self.task_id)
         if (suite, task_id) != (self.suite, self.task_id):
-            self._load_task(suite, task_id)
+            with self._clock.phase("build"):
+                self._load_task(suite, task_id)
         init_state_id = options.get("init_state_id")
         if init_state_id is None:
             init_state_id = int(self.np_random.integers(len(self.init_states)))
@@ -413,14 +498,15 @@ class LiberoEnv(gym.Env):
         # give the same scene; the caller's global RNG state is restored afterwards.
         rng_state = np.random.get_state()
         np.random.seed(placement_seed(self.suite, self.task_id, self.init_state_id))
-        try:
-            self._env.reset()  # MjSim.reset + robosuite's internal reset (controllers, observables); no rebuild
-        finally:
-            np.random.set_state(rng_state)
-        for robot in self._env.robots:
-            # The gripper's smoothed command lives in the gripper model, which only a model rebuild recreates.
-            robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
-        self._env.set_init_state(self.init_states[self.init_state_id])
+        with self._clock.phase("reset"):
+            try:
+                self._env.reset()  # MjSim.reset + robosuite's internal reset (controllers, observables); no rebuild
+            finally:
+                np.random.set_state(rng_state)
+            for robot in self._env.robots:
+                # The gripper's smoothed command lives in the gripper model, which only a model rebuild recreates.
+                robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
+            self._env.set_init_state(self.init_states[self.init_state_id])
         self._elapsed = 0
         self._episode_over = False
         raw = None
@@ -444,6 +530,12 @@ class LiberoEnv(gym.Env):
         Returns gymnasium's `(observation, reward, terminated, truncated, info)`: reward 1.0 and `terminated` on
         success, `truncated` when the episode limit is reached; `info["env_steps"]` counts the steps run.
         """
+        with self._clock.phase("other"):
+            result = self._step(action)
+        result[-1]["phase_times"] = self._clock.take()
+        return result
+
+    def _step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._episode_over:
             raise RuntimeError("The episode is over (or was never started); call `reset()` first.")
         actions = np.asarray(action, dtype=np.float64)
@@ -462,7 +554,7 @@ class LiberoEnv(gym.Env):
             self._elapsed += 1
             self._check_finite()
             if self.record_step_states:
-                step_states.append(extract_privileged_state(self._env))
+                step_states.append(self._privileged_state())
             if self._record_frames:
                 frames.append(libero_observation(raw, False)["image"])
             if done:
@@ -511,6 +603,10 @@ class LiberoEnv(gym.Env):
 
     def _lookahead(self, state: Mapping[str, np.ndarray]) -> np.ndarray:
         """Run `lookahead_policy` `lookahead_steps` steps from the current state, camera off, and restore it."""
+        with self._clock.phase("lookahead"):
+            return self._run_lookahead(state)
+
+    def _run_lookahead(self, state: Mapping[str, np.ndarray]) -> np.ndarray:
         snapshot = _SimSnapshot(self._env)
         actions = []
         try:
@@ -521,7 +617,7 @@ class LiberoEnv(gym.Env):
                 self._check_finite()
                 if done:
                     break
-                state = extract_privileged_state(self._env)
+                state = self._privileged_state()
         finally:
             snapshot.restore()
         actions += [actions[-1]] * (self.lookahead_steps - len(actions))
@@ -532,7 +628,8 @@ class LiberoEnv(gym.Env):
         robosuite_env = self._env.env
         for camera in self._cameras:
             name = f"{camera}_image"
-            raw[name] = np.array(robosuite_env._observables[name]._sensor({}))
+            with self._clock.phase("render"):
+                raw[name] = np.array(robosuite_env._observables[name]._sensor({}))
 
     def _check_finite(self) -> None:
         data = self._env.sim.data
@@ -558,7 +655,7 @@ class LiberoEnv(gym.Env):
     ) -> dict[str, Any]:
         return {
             "success": bool(success),
-            "privileged_state": extract_privileged_state(self._env) if privileged_state is None else privileged_state,
+            "privileged_state": self._privileged_state() if privileged_state is None else privileged_state,
             "env_steps": int(env_steps),
             "elapsed_steps": self._elapsed,
             "suite": self.suite,
