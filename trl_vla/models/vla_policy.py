@@ -12,7 +12,7 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from ..action_tokenizer import ActionSpace
-from ..policy import ActionPolicy
+from ..policy import ActionPolicy, Generators
 from . import openvla  # noqa: F401  (registers OpenVLA with the Auto classes used by `load_vla`)
 
 
@@ -80,10 +80,15 @@ class VLAPolicy:
     def __init__(self, model: torch.nn.Module, processor: Any):
         self.model = model
         self.processor = processor
+        self._unwrapped: tuple[torch.nn.Module, torch.nn.Module] | None = None
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
-        return extract_model_from_parallel(self.model)
+        # Unwrapping looks up installed packages and walks the modules (about 2 ms a call, twice per decision): done
+        # once per wrapped model.
+        if self._unwrapped is None or self._unwrapped[0] is not self.model:
+            self._unwrapped = (self.model, extract_model_from_parallel(self.model))
+        return self._unwrapped[1]
 
     @property
     def action_space(self) -> ActionSpace:
@@ -116,7 +121,7 @@ class VLAPolicy:
         return self.model(**inputs, action_token_ids=action_token_ids).action_logits
 
     def sample_actions(
-        self, inputs: Mapping[str, torch.Tensor], temperature: float = 1.0, generator: torch.Generator | None = None
+        self, inputs: Mapping[str, torch.Tensor], temperature: float = 1.0, generator: Generators = None
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """`(token_ids [B, A], log_probs [B, A], actions [B, chunk_size, action_dim])`, without gradients."""
         with torch.no_grad():
