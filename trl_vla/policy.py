@@ -28,7 +28,10 @@ Members
         Samples a decision: token ids, the log-probability of each sampled token under the temperature-scaled
         distribution (the same temperature the loss uses), and the continuous, un-normalised robot actions
         `[B, chunk_size, action_dim]` (numpy float32) to execute. `temperature=0` is greedy (argmax); its log-probs
-        are then those of the untempered distribution.
+        are then those of the untempered distribution. `generator` is a `torch.Generator` or a sequence of one per
+        row, each row then sampled from its own generator only (`sample_from_logits` does both): the rollout engine
+        gives every episode its own random stream, so that a decision's sample does not depend on which other
+        environments share its batch.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 from .action_tokenizer import ActionSpace
 
 
-__all__ = ["ActionPolicy", "sample_from_logits"]
+__all__ = ["ActionPolicy", "Generators", "sample_from_logits"]
 
 
 @runtime_checkable
@@ -57,16 +60,23 @@ class ActionPolicy(Protocol):
     def action_logits(self, inputs: Any, action_token_ids: torch.Tensor) -> torch.Tensor: ...
 
     def sample_actions(
-        self, inputs: Any, temperature: float = 1.0, generator: torch.Generator | None = None
+        self, inputs: Any, temperature: float = 1.0, generator: Generators = None
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]: ...
 
 
-def sample_from_logits(
-    logits: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample columns from action-restricted logits `[..., n_bins]`.
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""What `sample_actions` draws from: one generator for the batch, one per row, or torch's default one."""
 
-    Returns `(columns, log_probs)` of shape `[...]`: the sampled column indices and their log-probabilities under
+
+def sample_from_logits(
+    logits: torch.Tensor, temperature: float = 1.0, generator: Generators = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample columns from action-restricted logits `[B, ..., n_bins]`.
+
+    `generator` is a `torch.Generator` for the whole batch, or a sequence of `B`, row `b` being sampled from
+    `generator[b]` alone (so its samples are the same whatever else is in the batch).
+
+    Returns `(columns, log_probs)` of shape `[B, ...]`: the sampled column indices and their log-probabilities under
     `softmax(logits / temperature)` (under `softmax(logits)` when `temperature == 0`, which takes the argmax).
     """
     if temperature < 0:
@@ -77,6 +87,19 @@ def sample_from_logits(
         columns = logits.argmax(dim=-1)
     else:
         log_probs = torch.log_softmax(logits / temperature, dim=-1)
-        flat = log_probs.reshape(-1, log_probs.shape[-1]).exp()
-        columns = torch.multinomial(flat, 1, generator=generator).reshape(log_probs.shape[:-1])
+        probs = log_probs.exp()
+        if generator is None or isinstance(generator, torch.Generator):
+            flat = probs.reshape(-1, probs.shape[-1])
+            columns = torch.multinomial(flat, 1, generator=generator).reshape(log_probs.shape[:-1])
+        else:
+            if len(generator) != len(logits):
+                raise ValueError(f"Got {len(generator)} generators for a batch of {len(logits)} rows.")
+            columns = torch.stack(
+                [
+                    torch.multinomial(row.reshape(-1, row.shape[-1]), 1, generator=row_generator).reshape(
+                        row.shape[:-1]
+                    )
+                    for row, row_generator in zip(probs, generator)
+                ]
+            )
     return columns, log_probs.gather(-1, columns.unsqueeze(-1)).squeeze(-1)

@@ -53,7 +53,7 @@ from ..action_tokenizer import (
     unnormalize_actions,
 )
 from ..losses import action_cross_entropy
-from ..policy import sample_from_logits
+from ..policy import Generators, sample_from_logits
 
 
 __all__ = [
@@ -406,7 +406,7 @@ class VLMForActionPrediction(PreTrainedModel):
         self,
         inputs: Mapping[str, Any],
         temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         unnorm_key: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Decode one decision autoregressively (KV cache), sampling only among the action columns.
@@ -414,7 +414,7 @@ class VLMForActionPrediction(PreTrainedModel):
         Args:
             inputs: The processor's output (`input_ids`, `attention_mask`, `pixel_values`, ...), left padded.
             temperature: Sampling temperature; `0` takes the argmax.
-            generator: Random generator on the logits' device, for reproducible sampling.
+            generator: Random generator on the logits' device, or one per row, for reproducible sampling.
             unnorm_key: Key into `config.norm_stats`; defaults to `config.unnorm_key`.
 
         Returns:

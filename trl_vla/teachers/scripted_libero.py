@@ -48,7 +48,7 @@ from ..envs.libero_state import (
     SUBGOAL_OPEN,
     SUBGOAL_TURN_ON,
 )
-from ..policy import sample_from_logits
+from ..policy import Generators, sample_from_logits
 
 
 __all__ = [
@@ -957,7 +957,7 @@ class ScriptedLiberoExpert:
         self,
         inputs: Sequence[Mapping[str, np.ndarray]],
         temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Sample token ids `[B, A]`, their log-probs `[B, A]` and robot actions `[B, chunk_size, 7]` from the
         expert's distribution around its plan (`temperature=0`: the mode, the bin of the expert's own action)."""

@@ -39,7 +39,7 @@ from transformers.utils import ModelOutput
 
 from ...action_tokenizer import ActionSpace, select_norm_stats, unnormalize_actions
 from ...losses import action_cross_entropy
-from ...policy import sample_from_logits
+from ...policy import Generators, sample_from_logits
 from .configuration_openvla import OpenVLAConfig
 
 
@@ -248,7 +248,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         self,
         inputs: dict[str, torch.Tensor],
         temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         unnorm_key: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Sample one decision per row of `inputs` (the processor's output), only over the action bins.
@@ -256,7 +256,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         Args:
             inputs: `input_ids`, `attention_mask`, `pixel_values` (and `proprio` when the model uses it).
             temperature: Sampling temperature; `0` takes the argmax.
-            generator: Random generator of the logits' device, for reproducible sampling.
+            generator: Random generator of the logits' device, or one per row, for reproducible sampling.
             unnorm_key: Key into `config.norm_stats`; defaults to `config.unnorm_key`.
 
         Returns:
@@ -476,7 +476,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         return self.get_output_embeddings()(self._decode(embeds, valid, **kwargs))
 
     def _sample_autoregressive(
-        self, inputs: dict[str, torch.Tensor], temperature: float, generator: torch.Generator | None
+        self, inputs: dict[str, torch.Tensor], temperature: float, generator: Generators
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One action token after the other with a KV cache; returns `(columns, log_probs)`, each `[B, A]`."""
         embeds, valid = self._prompt_embeddings(
