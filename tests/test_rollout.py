@@ -143,6 +143,36 @@ def test_trajectories_and_masks_after_termination():
     assert stats["decisions"] == 5 and stats["success_rate"] == 0.5 and stats["env_steps_per_second"] > 0
 
 
+def test_sampling_with_one_generator_per_row():
+    logits = torch.randn(3, 4, 16)
+    generators = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
+    columns, log_probs = sample_from_logits(logits, 1.0, generators)
+    assert columns.shape == log_probs.shape == (3, 4)
+    # A row's samples come from its own generator alone: the same row sampled alone, or in another batch, agrees.
+    alone, _ = sample_from_logits(logits[1:2], 1.0, [torch.Generator().manual_seed(1)])
+    other, _ = sample_from_logits(
+        logits[[2, 1]], 1.0, [torch.Generator().manual_seed(5), torch.Generator().manual_seed(1)]
+    )
+    assert torch.equal(alone[0], columns[1]) and torch.equal(other[1], columns[1])
+    expected = torch.log_softmax(logits, -1).gather(-1, columns.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(log_probs, expected)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        sample_from_logits(logits, 1.0, generators[:2])
+
+
+def test_pool_commands_are_collected_once():
+    with EnvPool(num_workers=0) as envs:
+        with pytest.raises(RuntimeError, match=r"Environments \[0\] have no command to collect"):
+            envs.collect([0])
+        envs.submit({0: ("getattr", "task_id")})
+        with pytest.raises(RuntimeError, match="whose reply was not collected"):
+            envs.submit({0: ("getattr", "task_id")})
+        assert envs.first_done([[0]]) == 0
+        assert envs.collect([0])[0].value is None  # no environment built yet
+        with pytest.raises(IndexError, match="out of range for a pool of 1"):
+            envs.submit({1: ("getattr", "task_id")})
+
+
 def test_prompt_validation():
     policy = ImagePolicy()
     with pytest.raises(ValueError, match="lack the columns \\['init_state_id'\\]"):
@@ -186,12 +216,26 @@ def test_two_workers_batch_the_policy_and_match_in_process(pool, tiny_policy):
 
     tiny_policy.sample_actions = counting
     try:
-        batch = collect_rollouts(tiny_policy, pool, prompts, seed=0, max_episode_steps=16, progress=False)
+        batch = collect_rollouts(
+            tiny_policy, pool, prompts, seed=0, max_episode_steps=16, progress=False, pipeline=False
+        )
+        assert sizes == [2] * 4  # lockstep: one policy call per decision step for both environments
+        sizes.clear()
+        pipelined = collect_rollouts(tiny_policy, pool, prompts, seed=0, max_episode_steps=16, progress=False)
+        assert sizes == [1] * 8  # one call per half (here one environment) while the other half steps
     finally:
         del tiny_policy.sample_actions
-    assert sizes == [2] * 4  # one policy call per decision step for both environments
+    # Every episode samples from its own random stream: the pipelined schedule samples what the lockstep one does
+    # for the same seed (and the in-process pool too, below).
+    torch.testing.assert_close(pipelined.token_ids, batch.token_ids, rtol=0, atol=0)
+    assert not torch.equal(batch.token_ids[0], batch.token_ids[1])  # the streams differ between episodes
     assert batch.env_steps.tolist() == [16] * 4 and not batch.fault.any()
     assert sorted(pool.get_attr("task_id")) == [0, 1]  # one task per worker: no rebuilds
+    # Where the workers' time went adds up to their share of the wall time.
+    times = pipelined.phase_times
+    assert sum(times.values()) == pytest.approx(2 * pipelined.wall_time, rel=0.02)
+    assert times["physics"] > 0 and times["controller"] > 0 and times["render"] > 0 and times["ipc"] > 0
+    assert times["reset"] > 0 and times["privileged_state"] > 0 and "idle" in times
     # The tiny OpenVLA's stored log-probs are what the trainer recomputes from the stored observations.
     steps = batch.steps()
     with torch.no_grad():
@@ -205,7 +249,9 @@ def test_two_workers_batch_the_policy_and_match_in_process(pool, tiny_policy):
     parallel = collect_rollouts(ImagePolicy(), pool, prompts, temperature=0.0, max_episode_steps=16, progress=False)
     with EnvPool(num_workers=0) as local:
         serial = collect_rollouts(ImagePolicy(), local, prompts, temperature=0.0, max_episode_steps=16, progress=False)
+        sampled = collect_rollouts(tiny_policy, local, prompts, seed=0, max_episode_steps=16, progress=False)
     torch.testing.assert_close(parallel.token_ids, serial.token_ids)
+    torch.testing.assert_close(sampled.token_ids, batch.token_ids, rtol=0, atol=0)
     for episode in range(4):
         np.testing.assert_array_equal(parallel.frames(episode), serial.frames(episode))
 

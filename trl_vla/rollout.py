@@ -26,7 +26,9 @@ import dataclasses
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import pickle
 import signal
+import struct
 import sys
 import time
 import traceback
@@ -143,15 +145,17 @@ def _worker_main(
     single_render_thread: bool,
     log_path: str | None = None,
 ) -> None:
-    """Entry point of a worker process: answer `(tag, command, payload)` messages with `(tag, kind, value)` until
+    """Entry point of a worker process: answer `(tag, command, payload)` messages with `_pack_reply`'s bytes until
     "close" or a closed pipe."""
     if log_path is not None:
         _redirect_output(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes the pool
     if single_render_thread:
-        # Mesa's software renderer (llvmpipe) starts one thread per core in every process; when the workers already
-        # occupy the cores that only adds contention (same pixels, about 10% faster with 2 workers on 2 cores).
-        os.environ.setdefault("LP_NUM_THREADS", "1")
+        # Mesa's software renderer (llvmpipe) starts one rasterizer thread per core in every process; when the
+        # workers already occupy the cores that only adds contention. 0 rasterizes in the rendering thread itself:
+        # the same pixels, about 15% faster per frame than one rasterizer thread (75-88 ms against 90-100 ms for
+        # LIBERO's 128x128 agent view here).
+        os.environ.setdefault("LP_NUM_THREADS", "0")
     host = _EnvHost(env_factory, env_kwargs)
     conn.send(("ready", os.getpid()))
     while True:
@@ -161,6 +165,7 @@ def _worker_main(
             break
         if command == "close":
             break
+        start = time.perf_counter()
         try:
             reply = ("ok", host.execute(command, payload))
         except Exception as err:
@@ -170,21 +175,39 @@ def _worker_main(
             else:
                 reply = ("error", traceback.format_exc())
         try:
-            conn.send((tag, *reply))
+            conn.send_bytes(_pack_reply(tag, *reply, start))
         except (BrokenPipeError, OSError):
             break
     host.drop_env()
     conn.close()
 
 
+_REPLY_TIMES = struct.Struct("ddd")
+
+
+def _pack_reply(tag: int, kind: str, value: Any, started: float) -> bytes:
+    """A worker's reply: when the command started, when it ended and when its reply was pickled (`perf_counter`,
+    a system-wide monotonic clock, so the parent can compare them with its own), then the pickled
+    `(tag, kind, value)`."""
+    executed = time.perf_counter()
+    body = pickle.dumps((tag, kind, value), protocol=pickle.HIGHEST_PROTOCOL)
+    return _REPLY_TIMES.pack(started, executed, time.perf_counter()) + body
+
+
 @dataclasses.dataclass
 class EnvReply:
     """The outcome of one command on one environment: `ok` (with `value`, what the environment returned) or a fault
-    (`fault=True`, `message` says why; the environment's episode cannot be continued)."""
+    (`fault=True`, `message` says why; the environment's episode cannot be continued).
+
+    `seconds` is the time the command took in the environment's process, `ipc` the time its way between the
+    processes took: the command's pickling and transfer until the worker started it, the reply's pickling, and its
+    reading and unpickling here (not the time a finished reply waited to be read)."""
 
     value: Any = None
     fault: bool = False
     message: str = ""
+    seconds: float = 0.0
+    ipc: float = 0.0
 
 
 @contextlib.contextmanager
@@ -331,6 +354,8 @@ class EnvPool:
         self.start_timeout = start_timeout
         self.num_restarts = 0
         self._tag = 0
+        self._pending: dict[int, tuple[int, float, tuple[str, Any]]] = {}  # env index -> (tag, submitted at, command)
+        self._settled: dict[int, EnvReply] = {}  # replies known at submit time (a worker that could not be reached)
         self._env_factory = env_factory
         self._env_kwargs = env_kwargs
         self._ctx = mp.get_context(start_method)
@@ -361,60 +386,131 @@ class EnvPool:
 
     def run(self, commands: Mapping[int, tuple[str, Any]]) -> dict[int, EnvReply]:
         """Send `{env_index: (command, payload)}` (`"reset"` with options, `"step"` with actions) to the environments,
-        wait for all of them (each at most `step_timeout` seconds) and return their replies.
+        wait for all of them (each at most `step_timeout` seconds) and return their replies: `submit` then
+        `collect`.
 
         A worker that dies or times out is replaced and its reply is a fault. A worker exception that is not a
         simulation fault is raised here (after every other reply has been collected) with the worker's traceback.
         """
+        self.submit(commands)
+        return self.collect(commands)
+
+    def submit(self, commands: Mapping[int, tuple[str, Any]]) -> None:
+        """Send commands without waiting for them: the environments run them while the caller does other work (e.g.
+        the policy's next decision for other environments); `collect` gets the replies. An environment takes one
+        command at a time."""
         if self.closed:
             raise RuntimeError("The environment pool is closed.")
-        if self._local is not None:
-            return {index: self._run_local(command) for index, command in commands.items()}
-
-        replies: dict[int, EnvReply] = {}
-        errors: list[str] = []
-        pending: dict[Any, int] = {}
-        # Replies carry the tag of their command, so that a reply left over from an interrupted call is skipped.
-        self._tag += 1
+        busy = [index for index in commands if index in self._pending or index in self._settled]
+        if busy:
+            raise RuntimeError(f"Environments {busy} have a command whose reply was not collected yet.")
         for index, command in commands.items():
-            worker = self._workers[index]
-            try:
-                worker.conn.send((self._tag, *command))
-                pending[worker.conn] = index
-            except (BrokenPipeError, OSError):
-                replies[index] = self._restart(index, worker.death_reason())
-        deadline = time.monotonic() + self.step_timeout
-        while pending:
-            ready = mp.connection.wait(list(pending), timeout=max(deadline - time.monotonic(), 0.0))
-            if not ready:
-                for index in pending.values():
-                    replies[index] = self._restart(index, f"no reply within step_timeout={self.step_timeout:.0f} s")
-                break
-            for conn in ready:
-                index = pending[conn]
+            if not 0 <= index < self.num_envs:
+                raise IndexError(f"Environment index {index} is out of range for a pool of {self.num_envs}.")
+            self._tag += 1
+            submitted = time.perf_counter()
+            if self._local is None:
+                worker = self._workers[index]
                 try:
-                    tag, kind, value = conn.recv()
-                except (EOFError, OSError):
-                    del pending[conn]
-                    replies[index] = self._restart(index, self._workers[index].death_reason())
+                    worker.conn.send((self._tag, *command))
+                except (BrokenPipeError, OSError):
+                    self._settled[index] = self._restart(index, worker.death_reason())
                     continue
-                if tag != self._tag:
-                    continue
-                del pending[conn]
-                if kind == "ok":
-                    replies[index] = EnvReply(value)
-                elif kind == "fault":
-                    replies[index] = EnvReply(fault=True, message=value)
-                else:
-                    errors.append(value)
+            self._pending[index] = (self._tag, submitted, command)
+
+    def collect(self, indices: Collection[int]) -> dict[int, EnvReply]:
+        """Wait for the replies of the commands `submit`ted to the environments `indices` (each at most
+        `step_timeout` seconds after its submission) and return them; see `run` for faults and errors."""
+        missing = [index for index in indices if index not in self._pending and index not in self._settled]
+        if missing:
+            raise RuntimeError(f"Environments {missing} have no command to collect.")
+        replies = {index: self._settled.pop(index) for index in indices if index in self._settled}
+        if self._local is not None:
+            for index in indices:
+                if index in self._pending:
+                    replies[index] = self._run_local(self._pending.pop(index)[2])
+            return replies
+
+        pending = {self._workers[index].conn: index for index in indices if index in self._pending}
+        try:
+            errors = self._receive(pending, replies)
+        finally:
+            # Interrupted (Ctrl-C): forget the commands; their late replies carry old tags and are skipped.
+            for index in pending.values():
+                self._pending.pop(index, None)
         if errors:
             raise RuntimeError(f"A simulator worker raised an error:\n{errors[0]}")
         return replies
 
+    def first_done(self, groups: Sequence[Collection[int]]) -> int:
+        """Wait until every environment of one of `groups` (sets of environments with submitted commands) can be
+        collected without waiting (it replied, died, or ran past `step_timeout`), and return that group's position
+        in `groups` (the first one when several are)."""
+        for group in groups:
+            missing = [index for index in group if index not in self._pending and index not in self._settled]
+            if missing:
+                raise RuntimeError(f"Environments {missing} have no command to collect.")
+        while True:
+            now = time.perf_counter()
+            waiting = {}
+            for g, group in enumerate(groups):
+                not_done = [index for index in group if not self._is_done(index, now)]
+                if not not_done:
+                    return g
+                waiting.update({self._workers[index].conn: index for index in not_done})
+            deadline = min(self._pending[index][1] for index in waiting.values()) + self.step_timeout
+            mp.connection.wait(list(waiting), timeout=max(deadline - now, 0.0))
+
+    def _is_done(self, index: int, now: float) -> bool:
+        if index in self._settled or self._local is not None:
+            return True  # the in-process environment runs its command when it is collected
+        return self._workers[index].conn.poll() or now - self._pending[index][1] >= self.step_timeout
+
+    def _receive(self, pending: dict[Any, int], replies: dict[int, EnvReply]) -> list[str]:
+        """Receive the replies of the `pending` connections into `replies` (restarting workers that die or hang);
+        return the tracebacks of worker errors."""
+        errors: list[str] = []
+        while pending:
+            deadline = min(self._pending[index][1] for index in pending.values()) + self.step_timeout
+            ready = mp.connection.wait(list(pending), timeout=max(deadline - time.perf_counter(), 0.0))
+            if not ready:
+                now = time.perf_counter()
+                for conn, index in list(pending.items()):
+                    if now - self._pending[index][1] >= self.step_timeout:
+                        del pending[conn], self._pending[index]
+                        message = f"no reply within step_timeout={self.step_timeout:.0f} s"
+                        replies[index] = self._restart(index, message)
+                continue
+            for conn in ready:
+                index = pending[conn]
+                tag, submitted, _ = self._pending[index]
+                reading = time.perf_counter()
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError):
+                    del pending[conn], self._pending[index]
+                    replies[index] = self._restart(index, self._workers[index].death_reason())
+                    continue
+                started, executed, pickled = _REPLY_TIMES.unpack_from(data)
+                reply_tag, kind, value = pickle.loads(memoryview(data)[_REPLY_TIMES.size :])
+                if reply_tag != tag:  # left over from a command whose caller was interrupted
+                    continue
+                del pending[conn], self._pending[index]
+                ipc = max(started - submitted, 0.0) + (pickled - executed) + (time.perf_counter() - reading)
+                if kind == "ok":
+                    replies[index] = EnvReply(value, seconds=executed - started, ipc=ipc)
+                elif kind == "fault":
+                    replies[index] = EnvReply(fault=True, message=value, seconds=executed - started, ipc=ipc)
+                else:
+                    errors.append(value)
+        return errors
+
     def _run_local(self, command: tuple[str, Any]) -> EnvReply:
+        start = time.perf_counter()
         try:
             with _step_deadline(self.step_timeout):
-                return EnvReply(self._local.execute(*command))
+                value = self._local.execute(*command)
+            return EnvReply(value, seconds=time.perf_counter() - start)
         except _StepTimeout:
             self._local.drop_env()  # interrupted mid-step: the simulation cannot be trusted
             return EnvReply(fault=True, message=f"no reply within step_timeout={self.step_timeout:.0f} s")
@@ -493,6 +589,12 @@ class RolloutBatch:
     given), `success`, `fault` (the simulator failed: not a policy failure) with `fault_messages`, `env_steps`,
     `final_observations[e]` (after the last chunk; `None` for a fault), `video_frames[e]` (every env step's agent
     view of the episodes recorded for video, else `None`).
+    Timing (seconds): `wall_time` of the call; `policy_time` (the policy's calls) and `env_time` (waiting for
+    environments), both in the calling process; `phase_times`, where the environments' time went, summed over
+    environments so that the phases add up to `num_envs * wall_time`: the phases the environments report in
+    `info["phase_times"]` (`LiberoEnv`: `physics`, `controller`, `observables`, `render`, `privileged_state`, ...),
+    `other` (the rest of their commands' time in their processes), `ipc` (the commands' and replies' way between
+    processes) and `idle` (no command to run: waiting for the policy, or for the other environments).
     """
 
     prompts: list[dict[str, Any]]
@@ -512,6 +614,7 @@ class RolloutBatch:
     wall_time: float = 0.0
     policy_time: float = 0.0
     env_time: float = 0.0
+    phase_times: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def num_episodes(self) -> int:
@@ -636,6 +739,7 @@ class _Episode:
         self.fault = ""
         self.final_observation: dict[str, Any] | None = None
         self.video_frames: list[np.ndarray] | None = None  # every env step's frame, for episodes recorded for video
+        self.generator: torch.Generator | None = None  # the episode's random stream (sampling only)
 
 
 _TEACHER_INFO_KEYS = ("privileged_state", "lookahead_actions")
@@ -681,6 +785,15 @@ def _policy_device(policy: Any) -> torch.device:
     return torch.device(device)
 
 
+def _episode_seeds(num_episodes: int, seed: int | None, generator: torch.Generator | None) -> list[int]:
+    """One seed per episode for its random stream: from `seed`, else drawn from `generator` (else torch's default
+    generator), mixed with the episode index by numpy's `SeedSequence`."""
+    if seed is None:
+        device = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+    return [int(np.random.SeedSequence([seed, e]).generate_state(1, np.uint64)[0]) for e in range(num_episodes)]
+
+
 def collect_rollouts(
     policy: Any,
     envs: EnvPool,
@@ -692,6 +805,7 @@ def collect_rollouts(
     open_loop_steps: int | None = None,
     progress: bool = True,
     video_episodes: Collection[int] = (),
+    pipeline: bool = True,
 ) -> RolloutBatch:
     """Run one episode per prompt with `policy` acting in the pool's environments.
 
@@ -706,44 +820,75 @@ def collect_rollouts(
         prompts: A `datasets.Dataset` (or list of dicts) with columns `suite`, `task_id`, `init_state_id`,
             `instruction`; repeat rows for several episodes per prompt.
         temperature: Sampling temperature (0 = greedy).
-        generator: Random generator for the policy's sampling (on the policy's device).
-        seed: Seeds the sampling when no `generator` is given, and each episode's `reset(seed=seed + e)`.
+        generator: Random generator (on the policy's device) that the episodes' random streams are drawn from.
+        seed: Seeds the episodes' random streams when no `generator` is given, and each episode's
+            `reset(seed=seed + e)`.
         max_episode_steps: Cap on environment steps per episode, on top of the environment's own limit.
         open_loop_steps: Actions of each chunk to execute before the next decision (default: the whole chunk).
         progress: Show a tqdm progress bar.
         video_episodes: Episodes (prompt indices) rendered at every env step, so that `RolloutBatch.frames` gives a
             frame per step for their videos (the others are rendered only at decisions: about 160 ms a frame here).
+        pipeline: Overlap the policy with the simulators: the environments are split into two halves, and the policy
+            decides for whichever half finished its chunks first while the other half keeps stepping
+            (`pipeline=False`: lockstep, one policy call for all environments, then all of them step). Ignored with
+            one environment. What is sampled does not depend on the schedule: every episode samples from its own
+            random stream (seeded from `seed` or drawn from `generator`), so for a fixed seed the pipelined and the
+            lockstep schedules, and any number of workers, sample the same tokens (up to the floating-point
+            differences of policy batches of other sizes).
 
     Returns:
-        A `RolloutBatch`, episodes in prompt order.
+        A `RolloutBatch`, episodes in prompt order; `phase_times` says where the environments' time went.
     """
     rows = _as_prompt_rows(prompts)
     if max_episode_steps is not None and max_episode_steps < 1:
         raise ValueError(f"`max_episode_steps` must be positive, got {max_episode_steps}.")
     if open_loop_steps is not None and open_loop_steps < 1:
         raise ValueError(f"`open_loop_steps` must be positive, got {open_loop_steps}.")
-    if generator is None and seed is not None:
-        generator = torch.Generator(_policy_device(policy)).manual_seed(seed)
-
     start = time.perf_counter()
     schedule = _Schedule(rows, envs.num_envs, seed, max_episode_steps, open_loop_steps, video_episodes, progress)
+    if temperature > 0:
+        schedule.seed_episodes(_episode_seeds(len(rows), seed, generator), _policy_device(policy))
+    halves = 2 if pipeline and envs.num_envs > 1 else 1
+    groups = [range(g * envs.num_envs // halves, (g + 1) * envs.num_envs // halves) for g in range(halves)]
+    in_flight: dict[int, dict[int, tuple[str, Any]]] = {}  # group -> the commands its environments are running
     policy_time = env_time = 0.0
-    try:
-        while schedule.running:
-            commands = schedule.resets()
-            if schedule.waiting:
-                tic = time.perf_counter()
-                commands.update(schedule.decide(policy, temperature, generator))
-                policy_time += time.perf_counter() - tic
-            if not commands:
-                break
+
+    def start_group(g: int) -> None:
+        # The next commands of group g: resets for its free environments, one policy call for its waiting ones.
+        nonlocal policy_time
+        commands = schedule.resets(groups[g])
+        if any(i in schedule.waiting for i in groups[g]):
             tic = time.perf_counter()
-            replies = envs.run(commands)
+            commands.update(schedule.decide(policy, temperature, groups[g]))
+            policy_time += time.perf_counter() - tic
+        if commands:
+            envs.submit(commands)
+            in_flight[g] = commands
+
+    try:
+        for g in range(halves):
+            start_group(g)
+        while in_flight:
+            # Whichever group finishes first is decided for next, while the other one keeps stepping.
+            tic = time.perf_counter()
+            g = (
+                list(in_flight)[envs.first_done(list(in_flight.values()))]
+                if len(in_flight) > 1
+                else next(iter(in_flight))
+            )
+            replies = envs.collect(in_flight[g])
             env_time += time.perf_counter() - tic
-            schedule.record(commands, replies)
+            schedule.record(in_flight.pop(g), replies)
+            start_group(g)
     finally:
+        for commands in in_flight.values():  # an error stopped the loop: wait for the commands still running
+            with contextlib.suppress(Exception):
+                envs.collect(commands)
         schedule.close()
-    return _batch(schedule.episodes, policy, time.perf_counter() - start, policy_time, env_time)
+    wall_time = time.perf_counter() - start
+    phase_times = dict(schedule.phase_times)
+    phase_times["idle"] = max(envs.num_envs * wall_time - schedule.busy_time, 0.0)
+    return _batch(schedule.episodes, policy, wall_time, policy_time, env_time, phase_times)
 
 
 class _Schedule:
@@ -763,6 +908,8 @@ class _Schedule:
         self.current: dict[int, int] = {}  # env index -> episode running on it
         self.last_task: dict[int, tuple[str, int]] = {}  # env index -> the task it holds
         self.waiting: dict[int, dict[str, Any]] = {}  # env index -> observation awaiting a decision
+        self.phase_times: collections.Counter[str] = collections.Counter()  # seconds, summed over environments
+        self.busy_time = 0.0  # seconds the environments had a command (summed over environments)
         self.num_done = self.num_success = 0
         self.bar = tqdm(total=len(rows), desc="rollouts", unit="episode", disable=not progress, dynamic_ncols=True)
 
@@ -773,10 +920,10 @@ class _Schedule:
     def close(self) -> None:
         self.bar.close()
 
-    def resets(self) -> dict[int, tuple[str, Any]]:
-        """Reset commands that start the next queued episodes on the free environments."""
+    def resets(self, env_indices: Sequence[int]) -> dict[int, tuple[str, Any]]:
+        """Reset commands that start the next queued episodes on the free environments among `env_indices`."""
         commands = {}
-        for env_index in range(self.num_envs):
+        for env_index in env_indices:
             if env_index not in self.current and self.queue:
                 e = self._next_episode(env_index)
                 self.current[env_index] = e
@@ -801,14 +948,22 @@ class _Schedule:
                 return e
         return self.queue.popleft()
 
-    def decide(self, policy: Any, temperature: float, generator: Any) -> dict[int, tuple[str, Any]]:
-        """One batched policy call for every waiting environment; returns their step commands."""
-        order = sorted(self.waiting)
+    def seed_episodes(self, seeds: Sequence[int], device: torch.device) -> None:
+        """Give every episode its own random generator (on the policy's `device`), seeded with `seeds[e]`."""
+        for episode, episode_seed in zip(self.episodes, seeds):
+            episode.generator = torch.Generator(device).manual_seed(episode_seed)
+
+    def decide(self, policy: Any, temperature: float, env_indices: Collection[int]) -> dict[int, tuple[str, Any]]:
+        """One batched policy call for the waiting environments among `env_indices`; returns their step commands."""
+        order = sorted(i for i in self.waiting if i in env_indices)
         observations = [self.waiting[i] for i in order]
         instructions = [self.episodes[self.current[i]].instruction for i in order]
+        generators = [self.episodes[self.current[i]].generator for i in order]
         with torch.no_grad():
             inputs = policy.build_inputs(observations, instructions)
-            token_ids, log_probs, actions = policy.sample_actions(inputs, temperature=temperature, generator=generator)
+            token_ids, log_probs, actions = policy.sample_actions(
+                inputs, temperature=temperature, generator=None if generators[0] is None else generators
+            )
         token_ids, log_probs = token_ids.detach().cpu(), log_probs.detach().float().cpu()
         actions = np.asarray(actions, dtype=np.float32)
         commands = {}
@@ -822,7 +977,7 @@ class _Schedule:
             episode.log_probs.append(log_probs[row_index])
             episode.actions.append(actions[row_index])
             commands[env_index] = ("step", chunk)
-        self.waiting = {}
+            del self.waiting[env_index]
         return commands
 
     def record(self, commands: dict[int, tuple[str, Any]], replies: dict[int, Any]) -> None:
@@ -831,6 +986,7 @@ class _Schedule:
         for env_index, reply in replies.items():
             episode = self.episodes[self.current[env_index]]
             kind = commands[env_index][0]
+            self._record_times(reply)
             if reply.fault:
                 episode.fault = reply.message or "simulator fault"
                 if kind == "step":
@@ -845,6 +1001,16 @@ class _Schedule:
                     episode.video_frames = [obs["image"]]
             else:
                 self._record_step(env_index, episode, len(commands[env_index][1]), reply.value)
+
+    def _record_times(self, reply: EnvReply) -> None:
+        # The environment's own phases (`info["phase_times"]`, where it reports them); the rest of the command's time
+        # in its process is "other", the rest of the round trip "ipc".
+        info = reply.value[-1] if isinstance(reply.value, tuple) and reply.value else None
+        phases = info.get("phase_times", {}) if isinstance(info, Mapping) else {}
+        self.phase_times.update(phases)
+        self.phase_times["other"] += max(reply.seconds - sum(phases.values()), 0.0)
+        self.phase_times["ipc"] += reply.ipc
+        self.busy_time += reply.seconds + reply.ipc
 
     def _record_step(self, env_index: int, episode: _Episode, chunk_length: int, value: tuple) -> None:
         obs, _, terminated, truncated, info = value
@@ -871,7 +1037,14 @@ class _Schedule:
         self.bar.set_postfix(success=f"{self.num_success}/{self.num_done}")
 
 
-def _batch(episodes: list[_Episode], policy: Any, wall_time: float, policy_time: float, env_time: float):
+def _batch(
+    episodes: list[_Episode],
+    policy: Any,
+    wall_time: float,
+    policy_time: float,
+    env_time: float,
+    phase_times: dict[str, float],
+):
     space = policy.action_space
     horizon = max((len(e.token_ids) for e in episodes), default=0)
     shape = (len(episodes), horizon, space.num_action_tokens)
@@ -907,4 +1080,5 @@ def _batch(episodes: list[_Episode], policy: Any, wall_time: float, policy_time:
         wall_time=wall_time,
         policy_time=policy_time,
         env_time=env_time,
+        phase_times=phase_times,
     )
