@@ -1,15 +1,22 @@
-"""Rollout throughput on LIBERO: the usual evaluation loop against `trl_vla.rollout`.
+"""Rollout throughput on LIBERO: the usual evaluation loop against `trl_vla.rollout`, and the physics limit.
 
 (a) naive: one process, LIBERO's `OffScreenRenderEnv` as evaluation scripts use it: a hard reset (model rebuild) per
     episode, the cameras rendered at every step, one policy call per chunk.
 (b) engine: `collect_rollouts` on a `EnvPool` with 1 and 2 persistent workers (soft resets, one render per
-    chunk, one batched policy call per decision step), after a warm-up round that builds the workers' environments.
+    chunk, one forward pass per physics substep), lockstep (one batched policy call for every environment) and
+    pipelined (the policy decides for one half of the environments while the other half steps), after a warm-up
+    round that builds the workers' environments (one task each).
+(c) physics only, the limit: as many processes as the most workers, each stepping a task's robosuite `step`
+    (physics, controller, observables) with no render, no privileged state, no policy and no process to talk to;
+    once with LIBERO's own substeps (`% limit`) and once with the engine's (`% strict`).
 
-Both run the same episodes (prompts, episode cap) with the same policy: a tiny OpenVLA (parallel decoding, chunk 8)
-and the same camera (agent view, 128x128). Throughput is environment steps (wait steps excluded) per wall-clock second.
-The last line is `ratio: <best engine / naive>`.
+(a) and (b) run the same episodes (prompts, episode cap) with the same policy: a tiny OpenVLA (parallel decoding,
+chunk 8) and the same camera (agent view, 128x128). Throughput is environment steps (wait steps excluded) per
+wall-clock second. Then the per-phase table of each engine run (`RolloutBatch.phase_times`, measured inside the
+workers: % of workers x wall time) and the main process's policy and waiting seconds. The last lines are
+`ratio: <best engine / naive>` and the best engine's share of the physics limit.
 
-    python benchmarks/rollout_throughput.py                      # a few minutes on 2 CPU cores
+    python benchmarks/rollout_throughput.py                      # about 3.5 minutes on 2 CPU cores
     python benchmarks/rollout_throughput.py --episodes 8 --max_steps 280 --workers 1 2 4
 """
 

@@ -311,37 +311,6 @@ def test_phase_times_say_where_each_call_went(env):
 
 
 @pytest.mark.slow
-def test_one_forward_pass_per_substep_is_bit_identical_to_robosuite_substeps():
-    """LiberoEnv's substeps (one MuJoCo forward pass, then `mj_step2`) against robosuite's own (forward, the
-    controller's forward, `mj_step`), through a knob turn that succeeds: same states, images, proprio and
-    privileged states at every chunk."""
-    from trl_vla.teachers.scripted_libero import expert_action
-
-    suite, task = "libero_goal", 7  # turn on the stove: contacts with an articulated fixture
-    np.random.seed(1)  # the fixture placement drawn when the model is built: the same scene for both
-    fused = LiberoEnv(suite, task, image_size=64)
-    np.random.seed(1)
-    stock = LiberoEnv(suite, task, image_size=64)
-    del stock.sim_env.sim.step, stock.sim_env.sim.forward, stock.sim_env.env._pre_action  # robosuite's methods
-    _, info = fused.reset(options={"init_state_id": 0})
-    stock.reset(options={"init_state_id": 0})
-    for _ in range(40):
-        chunk = np.tile(expert_action(info["privileged_state"]), (8, 1))
-        obs, _, done, _, info = fused.step(chunk)
-        stock_obs, _, stock_done, _, stock_info = stock.step(chunk)
-        np.testing.assert_array_equal(fused.sim_env.sim.data.qpos, stock.sim_env.sim.data.qpos)
-        np.testing.assert_array_equal(fused.sim_env.sim.data.qvel, stock.sim_env.sim.data.qvel)
-        _assert_same_obs(obs, stock_obs)
-        _assert_same_obs(info["privileged_state"], stock_info["privileged_state"])
-        assert done == stock_done
-        if done:
-            break
-    assert done  # the knob was turned: the comparison went through the contacts
-    fused.close()
-    stock.close()
-
-
-@pytest.mark.slow
 def test_matches_a_fresh_env_and_libero_standard_protocol(env):
     """A soft reset gives what a freshly built environment gives, which is what LIBERO's own evaluation loop (hard
     reset, init state, 10 no-op steps, images rotated by 180 degrees) produces."""

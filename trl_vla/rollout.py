@@ -5,8 +5,14 @@ prompts (suite, task_id, init_state_id, instruction)        one row per episode
   -> EnvPool: N persistent worker processes, one environment each (rebuilt only when the task changes)
   -> per decision step: ONE batched policy call for every environment waiting for an action,
      each environment runs the returned chunk open-loop and renders once at its end
-  -> RolloutBatch: per decision step the observation, token ids, log-probs, validity mask; per episode the outcome
+     (pipelined: the environments are split in two halves; the policy decides for whichever half finished while
+     the other half steps)
+  -> RolloutBatch: per decision step the observation, token ids, log-probs, validity mask; per episode the outcome;
+     `phase_times`: where the environments' time went (physics, controller, render, ..., ipc, idle)
 ```
+
+Every episode samples from its own random stream (seeded from `seed`), so the tokens sampled for a fixed seed are the
+same whatever the schedule (lockstep or pipelined) and the number of workers.
 
 Faults: a worker that dies (segfault, killed), hangs past `step_timeout`, or whose simulation becomes invalid (NaN
 state, MuJoCo instability) ends its episode as a *fault*, which is not a policy failure: `RolloutBatch.faults` flags

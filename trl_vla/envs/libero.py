@@ -10,6 +10,9 @@ loop without changing what the policy sees:
 * **Soft resets.** LIBERO's default `reset()` rebuilds the MuJoCo model (seconds). Here the model is built once per
   task; a reset restores the sim (`MjSim.reset`) and the fixed init state, which gives the same observation as a
   freshly built environment. Switching task (`reset(options={"task_id": ...})`) rebuilds.
+* **One forward pass per physics substep.** robosuite runs MuJoCo's forward pass three times in each of the 25
+  substeps of an env step (before the controller, in the controller, in `mj_step`); here once, then `mj_step2`. The
+  simulation is bit-identical (`_OneForwardPerSubstep`).
 * **Cheap rendering** (`cheap_rendering=True`): shadows and reflections off, about 1.5x faster on a software
   renderer but not the pixels the demonstrations were rendered with; off by default.
 
