@@ -305,8 +305,7 @@ def test_phase_times_say_where_each_call_went(env):
         assert all(seconds >= 0 for seconds in times.values())
         assert sum(times.values()) == pytest.approx(wall, rel=0.05)  # the phases cover the call, nothing twice
     assert "reset" in info["phase_times"] and "reset" not in step_info["phase_times"]
-    # One render for the chunk, which costs more than any physics step but less than the chunk's 8 steps' physics
-    # and controller together here.
+    # The chunk rendered (once: the rest of the call is its 8 steps' physics and controller).
     assert 0 < step_info["phase_times"]["render"] < step_wall
 
 

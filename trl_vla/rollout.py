@@ -877,11 +877,7 @@ def collect_rollouts(
         while in_flight:
             # Whichever group finishes first is decided for next, while the other one keeps stepping.
             tic = time.perf_counter()
-            g = (
-                list(in_flight)[envs.first_done(list(in_flight.values()))]
-                if len(in_flight) > 1
-                else next(iter(in_flight))
-            )
+            g = list(in_flight)[envs.first_done(list(in_flight.values()))]
             replies = envs.collect(in_flight[g])
             env_time += time.perf_counter() - tic
             schedule.record(in_flight.pop(g), replies)
