@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("libero")
 torch.set_num_threads(1)
 
-from trl_vla.envs.libero import placement_seed  # noqa: E402
+from trl_vla.envs.libero import placement_seed, reset_to_init_state  # noqa: E402
 from trl_vla.envs.libero_render_free import (  # noqa: E402
     MAX_EPISODE_STEPS,
     NUM_WAIT_STEPS,
@@ -37,11 +37,7 @@ from trl_vla.teachers.scripted_libero import (  # noqa: E402
 
 
 def _start(env, init_state, seed):
-    rng = np.random.get_state()
-    np.random.seed(seed)
-    env.reset()
-    np.random.set_state(rng)
-    env.set_init_state(init_state)
+    reset_to_init_state(env, init_state, seed)
     for _ in range(NUM_WAIT_STEPS):
         env.step(np.array([0.0] * 6 + [-1.0]))
     return extract_privileged_state(env)

@@ -18,6 +18,7 @@ from trl_vla.envs.libero import (
     LiberoEnv,
     make_prompts,
     placement_seed,
+    reset_to_init_state,
 )
 
 
@@ -358,3 +359,28 @@ def test_cheap_rendering_and_task_switch():
         assert flags[mujoco.mjtRndFlag.mjRND_SHADOW] == 0 and flags[mujoco.mjtRndFlag.mjRND_REFLECTION] == 0
     finally:
         env.close()
+
+
+def test_an_init_state_gives_one_scene_whatever_ran_before():
+    # libero_10 task 3 samples a drawer's initial joint before it places the fixtures: with a model rebuilt at every
+    # reset (LIBERO's default), each reset added one more such draw, and one seed gave another scene every time.
+    from trl_vla.envs.libero_render_free import make_state_env
+
+    state_env, init_states, _ = make_state_env("libero_10", 3)
+    rendered = LiberoEnv("libero_10", 3, image_size=32)
+    try:
+        scenes = []
+        for k in (4, 0, 4):
+            reset_to_init_state(state_env, init_states[k], placement_seed("libero_10", 3, k))
+            rendered.reset(options={"init_state_id": k})
+            scene = state_env.env.sim.model.body_pos.copy()
+            np.testing.assert_array_equal(scene, rendered.sim_env.env.sim.model.body_pos)
+            scenes.append(scene)
+        np.testing.assert_array_equal(scenes[0], scenes[2])
+        assert np.abs(scenes[0] - scenes[1]).max() > 1e-3  # another init state: another draw
+        state_env.env.hard_reset = True
+        with pytest.raises(ValueError, match="hard_reset=False"):
+            reset_to_init_state(state_env, init_states[0], 0)
+    finally:
+        state_env.close()
+        rendered.close()

@@ -11,6 +11,7 @@ from trl_vla import ActionSpace, ActionTokenizer, normalize_actions
 pytest.importorskip("libero")
 torch.set_num_threads(1)
 
+from trl_vla.envs.libero import placement_seed, reset_to_init_state  # noqa: E402
 from trl_vla.envs.libero_render_free import (  # noqa: E402
     MAX_EPISODE_STEPS,
     NUM_WAIT_STEPS,
@@ -39,8 +40,7 @@ def object_env():
 @pytest.fixture(scope="module")
 def spatial_state(spatial_env):
     env, init_states = spatial_env
-    env.reset()
-    env.set_init_state(init_states[0])
+    reset_to_init_state(env, init_states[0], placement_seed("libero_spatial", 0, 0))
     for _ in range(NUM_WAIT_STEPS):
         env.step(np.array([0.0] * 6 + [-1.0]))
     return extract_privileged_state(env)
@@ -61,10 +61,16 @@ def test_privileged_state_has_fixed_shapes(spatial_state):
 @pytest.mark.parametrize("fixture,init_ids", [("object_env", (0, 7)), ("spatial_env", (0, 3))])
 def test_expert_succeeds_from_standard_init_states(request, fixture, init_ids):
     env, init_states = request.getfixturevalue(fixture)
-    suite = "libero_object" if fixture == "object_env" else "libero_spatial"
+    suite, task_id = ("libero_object", 1) if fixture == "object_env" else ("libero_spatial", 0)
     expert = ScriptedLiberoExpert(suite)
     for k in init_ids:
-        success, steps = run_expert_episode(env, expert.action, init_states[k], MAX_EPISODE_STEPS[suite])
+        success, steps = run_expert_episode(
+            env,
+            expert.action,
+            init_states[k],
+            MAX_EPISODE_STEPS[suite],
+            placement_seed=placement_seed(suite, task_id, k),
+        )
         assert success, f"{suite} init state {k} failed after {steps} steps"
 
 
@@ -93,7 +99,7 @@ def _displace_object_and_close_gripper(env):
 
 @pytest.mark.slow
 def test_expert_recovers_from_perturbed_state(spatial_env, object_env):
-    for suite, (env, init_states) in (("libero_spatial", spatial_env), ("libero_object", object_env)):
+    for suite, task_id, (env, init_states) in (("libero_spatial", 0, spatial_env), ("libero_object", 1, object_env)):
         expert = ScriptedLiberoExpert(suite)
         closed = []
 
@@ -101,7 +107,10 @@ def test_expert_recovers_from_perturbed_state(spatial_env, object_env):
             _displace_object_and_close_gripper(env)
             closed.append(extract_privileged_state(env)["gripper_opening"][0])
 
-        success, steps = run_expert_episode(env, expert.action, init_states[1], MAX_EPISODE_STEPS[suite], perturb)
+        success, steps = run_expert_episode(
+            env, expert.action, init_states[1], MAX_EPISODE_STEPS[suite], perturb,
+            placement_seed=placement_seed(suite, task_id, 1),
+        )  # fmt: skip
         assert closed[0] < 0.01, "the perturbation should leave the gripper closed on nothing"
         assert success, f"{suite}: no recovery from a displaced object and a closed gripper ({steps} steps)"
 

@@ -54,6 +54,7 @@ __all__ = [
     "libero_observation",
     "make_prompts",
     "placement_seed",
+    "reset_to_init_state",
     "task_info",
 ]
 
@@ -149,6 +150,33 @@ def make_prompts(
 def placement_seed(suite: str, task_id: int, init_state_id: int) -> int:
     """The seed of LIBERO's fixture placement draw for an init state (stable across processes and runs)."""
     return zlib.crc32(f"{suite}/{task_id}/{init_state_id}".encode())
+
+
+def reset_to_init_state(env: Any, init_state: np.ndarray, seed: int) -> None:
+    """Reset a LIBERO env built with `hard_reset=False` to one of its task's init states, in the scene `seed` draws.
+
+    LIBERO re-samples the fixture placements (cabinets, stoves: model body poses, not part of the init state) from
+    numpy's global RNG at every reset; this seeds that draw (`placement_seed` gives the seed of an init state) and
+    restores the caller's global RNG state afterwards. The env must not rebuild its model at reset: every rebuild
+    appends one more sampler of the drawers' and knobs' initial joints to the draws before the fixtures', so that
+    a seed would give another scene at each reset.
+    """
+    robot_env = env.env if hasattr(env, "env") else env
+    if getattr(robot_env, "hard_reset", False):
+        raise ValueError(
+            "reset_to_init_state needs a LIBERO env built with hard_reset=False: a rebuilding reset draws a "
+            "different scene for the same seed each time."
+        )
+    rng_state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        env.reset()  # MjSim.reset + robosuite's internal reset (controllers, observables); no rebuild
+    finally:
+        np.random.set_state(rng_state)
+    for robot in robot_env.robots:
+        # The gripper's smoothed command lives in the gripper model, which only a model rebuild recreates.
+        robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
+    env.set_init_state(init_state)
 
 
 def _quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
@@ -496,20 +524,12 @@ class LiberoEnv(gym.Env):
         self._record_frames = bool(options.get("record_frames", False))
 
         self._render_cameras = False
-        # LIBERO re-samples the fixture placements (cabinets, stoves: model body poses, not part of the init state)
-        # from numpy's global RNG at every reset. Seeding that draw from the init state makes an init state always
-        # give the same scene; the caller's global RNG state is restored afterwards.
-        rng_state = np.random.get_state()
-        np.random.seed(placement_seed(self.suite, self.task_id, self.init_state_id))
         with self._clock.phase("reset"):
-            try:
-                self._env.reset()  # MjSim.reset + robosuite's internal reset (controllers, observables); no rebuild
-            finally:
-                np.random.set_state(rng_state)
-            for robot in self._env.robots:
-                # The gripper's smoothed command lives in the gripper model, which only a model rebuild recreates.
-                robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
-            self._env.set_init_state(self.init_states[self.init_state_id])
+            reset_to_init_state(
+                self._env,
+                self.init_states[self.init_state_id],
+                placement_seed(self.suite, self.task_id, self.init_state_id),
+            )
         self._elapsed = 0
         self._episode_over = False
         raw = None

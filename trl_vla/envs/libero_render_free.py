@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .libero import MAX_EPISODE_STEPS, NUM_WAIT_STEPS
+from .libero import MAX_EPISODE_STEPS, NUM_WAIT_STEPS, reset_to_init_state
 from .libero_setup import setup_libero
 from .libero_state import extract_privileged_state
 
@@ -40,7 +40,9 @@ def make_state_env(suite: str, task_id: int) -> tuple[Any, np.ndarray, str]:
 
     task = task_suite.get_task(task_id)
     bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
-    env = ControlEnv(bddl_file_name=bddl, has_offscreen_renderer=False, use_camera_obs=False)
+    # hard_reset=False, as `LiberoEnv`: a seed then draws the same fixture placement at every reset
+    # (`reset_to_init_state`), and an init state gives the scene `LiberoEnv` shows for it.
+    env = ControlEnv(bddl_file_name=bddl, has_offscreen_renderer=False, use_camera_obs=False, hard_reset=False)
     return env, task_suite.get_task_init_states(task_id), task.language
 
 
@@ -50,23 +52,18 @@ def run_expert_episode(
     init_state: np.ndarray,
     max_steps: int,
     perturb: Callable[[Any], None] | None = None,
-    placement_seed: int | None = None,
+    *,
+    placement_seed: int,
 ) -> tuple[bool, int]:
     """Run one episode of LIBERO's standard protocol with `act(privileged_state) -> action`.
 
     `perturb(env)`, if given, runs after the wait steps (to start the expert from a disturbed state).
     `placement_seed` seeds LIBERO's draw of the fixture placements at reset (cabinets and stoves are not part of the
-    init state); `trl_vla.envs.libero.placement_seed(suite, task_id, init_state_id)` gives the scene `LiberoEnv` uses.
+    init state); `trl_vla.envs.libero.placement_seed(suite, task_id, init_state_id)` gives the scene `LiberoEnv` uses,
+    whatever episodes the env ran before (`reset_to_init_state`).
     Returns `(success, policy steps taken)`.
     """
-    rng_state = np.random.get_state()
-    if placement_seed is not None:
-        np.random.seed(placement_seed)
-    try:
-        env.reset()
-    finally:
-        np.random.set_state(rng_state)
-    env.set_init_state(init_state)
+    reset_to_init_state(env, init_state, placement_seed)
     for _ in range(NUM_WAIT_STEPS):
         env.step(np.array([0.0] * 6 + [-1.0]))
     if perturb is not None:
