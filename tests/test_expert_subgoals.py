@@ -29,8 +29,11 @@ from trl_vla.teachers import ScriptedLiberoExpert  # noqa: E402
 from trl_vla.teachers.scripted_libero import (  # noqa: E402
     FREE_SPOT_INSET,
     PART_MAX_WIDTH,
+    WRIST_REST,
+    _down_frame,
     _free_spot,
     _grasp,
+    _rotation,
     expert_action,
     is_grasped,
 )
@@ -206,3 +209,57 @@ def test_expert_picks_a_dropped_object_up_again(basket_env):
             break
     assert dropped, "the expert never carried the first object"
     assert done, f"no recovery from the dropped object within {budget} steps"
+
+
+def _yaw_frame(yaw):
+    """A fingers-down grip-site frame whose closing axis points at `yaw` (world)."""
+    x = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    z = np.array([0.0, 0.0, -1.0])
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+@pytest.mark.parametrize("wrist", [2.4, -1.9, 0.5])
+def test_the_yaw_choice_holds_while_the_hand_turns(wrist):
+    # A closing axis 20 degrees off the current one; its mirror image is 160 degrees away on the other side.
+    current, axis = _yaw_frame(0.0), np.array([np.cos(0.35), np.sin(0.35), 0.0])
+    target = _down_frame(axis, current, wrist)
+    yaw = np.arctan2(target[1, 0], target[0, 0])
+    ends_at = wrist - yaw  # a yaw of +a about world z moves the wrist by -a
+    other = wrist - (yaw - np.sign(yaw) * np.pi)
+    # of the two, the turn that leaves the wrist nearer its rest angle, even when it is the longer turn
+    assert abs(ends_at - WRIST_REST) < abs(other - WRIST_REST)
+    # turning part of the way there (the wrist follows) never changes the choice
+    for fraction in (0.25, 0.5, 0.75, 0.95):
+        turned = _rotation(np.array([0.0, 0.0, fraction * yaw])) @ current
+        again = _down_frame(axis, turned, wrist - fraction * yaw)
+        np.testing.assert_allclose(again, target, atol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task_id,init_id",
+    [
+        # the second pot: the hand used to turn back and forth at the wrist's limit, above the pot's handle
+        (8, 14),
+        # the cream cheese box, low and near the robot's base: a grasp far from the wrist's rest let joints 5 and 7
+        # drift to their limits during the lift
+        (7, 1),
+    ],
+)
+def test_expert_grasps_with_the_wrist_away_from_its_limits(task_id, init_id):
+    env, init_states, _ = make_state_env("libero_10", task_id)
+    wrists = []
+
+    def act(state):
+        wrists.append(state["joint_pos"][[4, 6]].copy())
+        return expert_action(state)
+
+    try:
+        success, steps = run_expert_episode(
+            env, act, init_states[init_id], MAX_EPISODE_STEPS["libero_10"],
+            placement_seed=placement_seed("libero_10", task_id, init_id),
+        )  # fmt: skip
+    finally:
+        env.close()
+    assert success, f"libero_10 task {task_id} from init state {init_id} failed ({steps} steps)"
+    assert np.abs(np.array(wrists)).max() < 2.8, "joint 5 or 7 reached its limit (2.8973)"

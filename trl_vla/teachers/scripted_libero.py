@@ -109,8 +109,8 @@ PUSH_STANDOFF = 0.04  # the closed fingers come down this far in front of the fa
 PUSH_TILT = np.radians(40.0)  # lean of the pushing fingers towards the push
 PUSH_LANE = 0.02  # lateral and vertical tolerance of the pushing hand
 KNOB_WIDTH = 0.025  # a stove knob's ridge, across
-WRIST_LIMIT = 2.8973  # Panda joint 7 range is +-2.8973 rad
-WRIST_MARGIN = 0.2
+WRIST_REST = np.pi / 4  # the wrist joint's rest angle (LIBERO's Panda `init_qpos`: the OSC's nullspace posture)
+WRIST_REST_WEIGHT = 3.0  # cost of the wrist's distance from rest per radian, against 1 per radian of yaw
 
 # Simple kinematic model of the OSC used for open-loop chunks: the end effector covers this fraction of the commanded
 # delta per step (measured: a sustained full action moves it about 1-1.5 cm per 20 Hz step, out of 5 cm asked).
@@ -154,20 +154,30 @@ def _rotation(axis_angle: np.ndarray) -> np.ndarray:
 
 def _down_frame(closing_axis: np.ndarray, current: np.ndarray, wrist: float | None = None) -> np.ndarray:
     """Grip-site rotation with the fingers pointing down and closing along `closing_axis` (horizontal); of the two
-    equivalent yaws (the gripper is symmetric) the one nearer the current frame, unless turning there would take the
-    last arm joint (`wrist`, its angle) past its limit."""
+    equivalent yaws (the gripper is symmetric) the one nearer the current frame, or, given the last arm joint's angle
+    `wrist`, the one that leaves it nearer its rest angle (`_yaw_cost`)."""
     x = np.array([closing_axis[0], closing_axis[1], 0.0])
     x /= np.linalg.norm(x) + 1e-12
     if x @ current[:, 0] < 0:
         x = -x
-    if wrist is not None:
-        # The wrist joint turns about the approach axis (world -z with the fingers down): a yaw of +a about world z
-        # moves it by -a (measured).
-        yaw = np.arctan2(current[0, 0] * x[1] - current[1, 0] * x[0], current[:2, 0] @ x[:2])
-        if abs(wrist - yaw) > WRIST_LIMIT - WRIST_MARGIN:
-            x = -x
+    if wrist is not None and _yaw_cost(-x, current, wrist) < _yaw_cost(x, current, wrist):
+        x = -x
     z = np.array([0.0, 0.0, -1.0])
     return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def _yaw_cost(x: np.ndarray, current: np.ndarray, wrist: float) -> float:
+    """Cost of turning the grip site's closing axis from `current[:, 0]` to `x` (both horizontal): the yaw, plus how
+    far from its rest angle the turn leaves the wrist.
+
+    The wrist joint turns about the approach axis (world -z with the fingers down): a yaw of +a about world z moves
+    it by -a (measured), so the angle a turn ends at barely changes while the hand turns, and turning towards one of
+    two yaws lowers its cost and raises the other's: the choice holds on the way. The OSC's nullspace pulls the
+    joints back to their rest posture; a grasp that leaves the wrist far from it (near the robot's base, where the
+    fingers-down hand lines up joints 5 and 7) lets the arm drift along that pull until joints 5 and 7 reach their
+    limits while it lifts (libero_10 task 7)."""
+    yaw = float(np.arctan2(current[0, 0] * x[1] - current[1, 0] * x[0], current[:2, 0] @ x[:2]))
+    return abs(yaw) + WRIST_REST_WEIGHT * abs(wrist - yaw - WRIST_REST)
 
 
 def _obstacles(state: Mapping[str, np.ndarray], exclude_pick: bool = True) -> np.ndarray:
