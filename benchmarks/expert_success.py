@@ -5,18 +5,22 @@
     python benchmarks/expert_success.py --suite libero_spatial --chunk-size 8   # open-loop chunks, as a chunked
                                                                                # student would execute them
     python benchmarks/expert_success.py --suite libero_goal --task-ids 3      # a task outside `supported_tasks`
+    python benchmarks/expert_success.py --suite libero_10 --workers 2         # two processes per task
 
 Runs LIBERO's standard protocol (reset, init state, 10 wait steps, at most 220/280/300 steps for
 spatial/object/goal, 520 for libero_10) without rendering, one episode per init state, with LIBERO's fixture placement
-draw seeded per init state as `LiberoEnv` seeds it (repeatable runs), and prints a per-task table; the last line is
+draw seeded per init state as `LiberoEnv` seeds it (the scene `LiberoEnv` shows; an episode's result does not depend
+on the episodes run before it, so any `--workers` gives the same table), and prints a per-task table with the init
+states that failed; the last line is
 `average: <success rate over all episodes>`. Tasks outside `supported_tasks(suite)` run the same controller
 (`plan_actions`, which `ScriptedLiberoExpert` refuses to serve for them) and are marked in the table.
 """
 
 import argparse
+import multiprocessing
 import time
 
-from trl_vla.envs.libero import placement_seed
+from trl_vla.envs.libero import placement_seed, task_info
 from trl_vla.envs.libero_render_free import MAX_EPISODE_STEPS, make_state_env, run_expert_episode
 from trl_vla.teachers.scripted_libero import plan_actions, supported_tasks
 
@@ -33,6 +37,26 @@ def _chunked(chunk_size: int):
     return act
 
 
+def _episodes(job: tuple[str, int, int, list[int]]) -> list[tuple[int, bool, int]]:
+    """`(init state, success, steps)` of the episodes of one task from the given init states, in one env."""
+    suite, task_id, chunk_size, init_ids = job
+    env, init_states, _ = make_state_env(suite, task_id)
+    results = []
+    try:
+        for k in init_ids:
+            ok, steps = run_expert_episode(
+                env,
+                _chunked(chunk_size),
+                init_states[k],
+                MAX_EPISODE_STEPS[suite],
+                placement_seed=placement_seed(suite, task_id, k),
+            )
+            results.append((k, ok, steps))
+    finally:
+        env.close()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="libero_object")
@@ -41,38 +65,51 @@ def main() -> None:
     parser.add_argument(
         "--chunk-size", type=int, default=1, help="execute the expert's open-loop plan of this many steps per query"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that share each task's init states (an episode's result does not depend on which process "
+        "ran it, nor on the episodes run before it)",
+    )
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
 
     task_ids = args.task_ids if args.task_ids else list(supported_tasks(args.suite))
+    pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
     rows, successes, total = [], 0, 0
-    for task_id in task_ids:
-        env, init_states, instruction = make_state_env(args.suite, task_id)
-        start, wins, steps = time.time(), 0, []
-        episodes = min(args.episodes, len(init_states))
-        for k in range(episodes):
-            seed = placement_seed(args.suite, task_id, k)
-            ok, n = run_expert_episode(
-                env, _chunked(args.chunk_size), init_states[k], MAX_EPISODE_STEPS[args.suite], placement_seed=seed
-            )
-            wins += ok
-            if ok:
-                steps.append(n)
-        env.close()
-        mean_steps = sum(steps) / len(steps) if steps else float("nan")
-        supported = "yes" if task_id in supported_tasks(args.suite) else "no"
-        rows.append((task_id, supported, wins, episodes, mean_steps, time.time() - start, instruction))
-        print(f"task {task_id}: {wins}/{episodes} ({time.time() - start:.0f} s)", flush=True)
-        successes, total = successes + wins, total + episodes
+    try:
+        for task_id in task_ids:
+            start = time.time()
+            info = task_info(args.suite, task_id)
+            instruction = info["instruction"]
+            ids = list(range(min(args.episodes, info["num_init_states"])))
+            jobs = [(args.suite, task_id, args.chunk_size, ids[w :: args.workers]) for w in range(args.workers)]
+            parts = pool.map(_episodes, jobs) if pool is not None else [_episodes(jobs[0])]
+            results = sorted(r for part in parts for r in part)
+            wins = sum(ok for _, ok, _ in results)
+            steps = [n for _, ok, n in results if ok]
+            failed = [k for k, ok, _ in results if not ok]
+            mean_steps = sum(steps) / len(steps) if steps else float("nan")
+            supported = "yes" if task_id in supported_tasks(args.suite) else "no"
+            seconds = time.time() - start
+            rows.append((task_id, supported, wins, len(ids), mean_steps, seconds, failed, instruction))
+            print(f"task {task_id}: {wins}/{len(ids)} ({seconds:.0f} s)", flush=True)
+            successes, total = successes + wins, total + len(ids)
+    finally:
+        if pool is not None:
+            pool.close()
 
     print(f"\n{args.suite}, chunk size {args.chunk_size}")
     print(
-        "| task | supported | success | rate | mean steps (successes) | time (s) | instruction |\n"
-        "|---|---|---|---|---|---|---|"
+        "| task | supported | success | rate | mean steps (successes) | time (s) | failed init states | instruction |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
-    for task_id, supported, wins, episodes, mean_steps, seconds, instruction in rows:
+    for task_id, supported, wins, episodes, mean_steps, seconds, failed, instruction in rows:
         print(
             f"| {task_id} | {supported} | {wins}/{episodes} | {wins / episodes:.2f} | {mean_steps:.0f} | {seconds:.0f} "
-            f"| {instruction} |"
+            f"| {' '.join(map(str, failed)) or '-'} | {instruction} |"
         )
     print(f"average: {successes / total:.4f}")
 
