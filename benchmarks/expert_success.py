@@ -19,6 +19,7 @@ states that failed; the last line is
 import argparse
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from trl_vla.envs.libero import placement_seed, task_info
 from trl_vla.envs.libero_render_free import MAX_EPISODE_STEPS, make_state_env, run_expert_episode
@@ -77,7 +78,9 @@ def main() -> None:
         parser.error("--workers must be at least 1")
 
     task_ids = args.task_ids if args.task_ids else list(supported_tasks(args.suite))
-    pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
+    pool = None
+    if args.workers > 1:
+        pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
     rows, successes, total = [], 0, 0
     try:
         for task_id in task_ids:
@@ -86,7 +89,7 @@ def main() -> None:
             instruction = info["instruction"]
             ids = list(range(min(args.episodes, info["num_init_states"])))
             jobs = [(args.suite, task_id, args.chunk_size, ids[w :: args.workers]) for w in range(args.workers)]
-            parts = pool.map(_episodes, jobs) if pool is not None else [_episodes(jobs[0])]
+            parts = list(pool.map(_episodes, jobs)) if pool is not None else [_episodes(jobs[0])]
             results = sorted(r for part in parts for r in part)
             wins = sum(ok for _, ok, _ in results)
             steps = [n for _, ok, n in results if ok]
@@ -99,7 +102,7 @@ def main() -> None:
             successes, total = successes + wins, total + len(ids)
     finally:
         if pool is not None:
-            pool.close()
+            pool.shutdown()
 
     print(f"\n{args.suite}, chunk size {args.chunk_size}")
     print(

@@ -18,9 +18,9 @@ from trl_vla.envs.libero_render_free import (  # noqa: E402
     make_state_env,
     run_expert_episode,
 )
-from trl_vla.envs.libero_state import MAX_OBSTACLE_BOXES, extract_privileged_state  # noqa: E402
+from trl_vla.envs.libero_state import MAX_OBSTACLE_BOXES, extract_privileged_state, obbs_of_bounds  # noqa: E402
 from trl_vla.teachers import ScriptedLiberoExpert, plan_actions, supported_tasks  # noqa: E402
-from trl_vla.teachers.scripted_libero import closed_loop_actions, expert_action  # noqa: E402
+from trl_vla.teachers.scripted_libero import _gripper_collision, closed_loop_actions, expert_action  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +310,42 @@ def test_collect_demonstrations_refuses_unsupported_tasks():
 
     with pytest.raises(ValueError, match="does not support tasks \\[3\\] of libero_goal"):
         collect_demonstrations("libero_goal", task_ids=[3], episodes_per_task=1)
+
+
+def test_gripper_collision_sees_a_turned_wall_as_thin():
+    # A 4 mm wall, 16 cm long, turned 25 degrees about the vertical, and an open gripper closing along it, its hand
+    # (3.2 cm half width across the closing axis) 1.1 cm from the wall.
+    yaw = np.radians(25.0)
+    along, normal = np.array([np.cos(yaw), np.sin(yaw)]), np.array([-np.sin(yaw), np.cos(yaw)])
+    wall = np.array([0.0, 0.0, 1.0, 0.08, 0.002, 0.1, yaw])
+    site = np.concatenate([0.045 * normal, [1.0]])
+    closing = np.concatenate([along, [0.0]])
+    assert _gripper_collision(site, closing, wall[None], rise=0.08) == 0.0
+    # its world bounds (what `obstacle_boxes` holds) cover the gripper's place
+    half = np.abs(along) * 0.08 + np.abs(normal) * 0.002
+    bounds = np.concatenate([wall[:2] - half, [0.9], wall[:2] + half, [1.1]])
+    assert _gripper_collision(site, closing, obbs_of_bounds(bounds)[None], rise=0.08) > 0.01
+    # 2 cm nearer, the hand is 0.9 cm into the wall
+    nearer = site - np.concatenate([0.02 * normal, [0.0]])
+    assert _gripper_collision(nearer, closing, wall[None]) == pytest.approx(0.009, abs=1e-6)
+
+
+def test_obstacle_obbs_are_the_upright_fixture_boxes():
+    env, init_states, _ = make_state_env("libero_spatial", 4)  # the wooden cabinet is turned about the vertical
+    try:
+        reset_to_init_state(env, init_states[0], placement_seed("libero_spatial", 4, 0))
+        state = extract_privileged_state(env)
+    finally:
+        env.close()
+    rows = state["obstacle_kind"] >= 0
+    boxes, obbs = state["obstacle_boxes"][rows].astype(np.float64), state["obstacle_obbs"][rows].astype(np.float64)
+    assert state["obstacle_obbs"].shape == (MAX_OBSTACLE_BOXES, 7)
+    # each oriented box lies inside its world bounds and touches them: the bounds are the box's own
+    cos, sin = np.abs(np.cos(obbs[:, 6])), np.abs(np.sin(obbs[:, 6]))
+    reach = np.stack([cos * obbs[:, 3] + sin * obbs[:, 4], sin * obbs[:, 3] + cos * obbs[:, 4], obbs[:, 5]], 1)
+    np.testing.assert_allclose(obbs[:, :3] - reach, boxes[:, :3], atol=1e-5)
+    np.testing.assert_allclose(obbs[:, :3] + reach, boxes[:, 3:], atol=1e-5)
+    # the cabinet's turned walls: an oriented box of a fraction of the volume of its bounds
+    footprint = 4 * obbs[:, 3] * obbs[:, 4]
+    bounds_footprint = (boxes[:, 3] - boxes[:, 0]) * (boxes[:, 4] - boxes[:, 1])
+    assert (footprint < 0.2 * bounds_footprint).sum() >= 10

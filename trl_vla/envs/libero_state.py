@@ -35,6 +35,7 @@ Keys (float32 unless noted; positions in metres, world frame; quaternions `xyzw`
 | `handle_box` | `(6,)` | world bounds of the moving part's handle: the geoms of the joint's body that reach furthest along the opening direction of a slide (a drawer's handle), along the axis of a knob (its ridge), or from the axis of another hinge (a door's free edge); zeros otherwise |
 | `handle_axis` | `(3,)` | world direction of the handle's longest horizontal side (zeros otherwise) |
 | `obstacle_boxes` | `(MAX_OBSTACLE_BOXES, 6)` | world bounds of every other collision box: one per movable object body, one per fixture geom (a cabinet is many boxes, so its drawers stay reachable) |
+| `obstacle_obbs` | `(MAX_OBSTACLE_BOXES, 7)` | the same boxes, each as a box turned about the vertical: centre xyz, half sizes along its first and second horizontal axes and up, and the yaw of its first horizontal axis (world). A fixture geom whose box stands upright is itself (a turned cabinet's wall is 4 mm thick, where its world bounds are centimetres); a geom tilted otherwise, and a movable object's union of geoms, is its world bounds with yaw 0 |
 | `obstacle_kind` | `(MAX_OBSTACLE_BOXES,)` int64 | `OBSTACLE_PICK`, `OBSTACLE_PLACE`, `OBSTACLE_OBJECT`, `OBSTACLE_FIXTURE`, or `-1` for padding |
 | `success` | `(1,)` | 1.0 if the task's goal holds (every predicate of its conjunction) |
 
@@ -73,6 +74,7 @@ __all__ = [
     "SUBGOAL_OPEN",
     "SUBGOAL_TURN_ON",
     "extract_privileged_state",
+    "obbs_of_bounds",
     "task_of_bddl_file",
 ]
 
@@ -220,10 +222,11 @@ def _obstacles(
     place_owner: str | None,
     moving_body: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`obstacle_boxes` and `obstacle_kind`: one box per object body and one per fixture geom, padded. The geoms of
-    `moving_body` (the part an articulation subgoal moves) are `OBSTACLE_PICK`."""
+    """`obstacle_boxes`, `obstacle_obbs` and `obstacle_kind`: one box per object body and one per fixture geom,
+    padded. The geoms of `moving_body` (the part an articulation subgoal moves) are `OBSTACLE_PICK`."""
     moving = _body_subtree(model, moving_body) if moving_body is not None else set()
     boxes = np.zeros((MAX_OBSTACLE_BOXES, 6), np.float32)
+    obbs = np.zeros((MAX_OBSTACLE_BOXES, 7), np.float32)
     kinds = np.full(MAX_OBSTACLE_BOXES, -1, np.int64)
     rows = []
     for name, body in object_bodies.items():
@@ -231,20 +234,50 @@ def _obstacles(
         if not geoms:
             continue
         kind = OBSTACLE_PICK if name == pick_name else OBSTACLE_PLACE if name == place_owner else OBSTACLE_OBJECT
-        rows.append((_geom_aabb(model, data, geoms), kind))
+        box = _geom_aabb(model, data, geoms)
+        rows.append((box, obbs_of_bounds(box), kind))
     for name, body in fixture_bodies.items():
         kind = OBSTACLE_PLACE if name == place_owner else OBSTACLE_FIXTURE
         for geom in _collision_geoms(model, _body_subtree(model, body)):
+            box = _geom_aabb(model, data, [geom])
             rows.append(
-                (_geom_aabb(model, data, [geom]), OBSTACLE_PICK if model.geom_bodyid[geom] in moving else kind)
+                (
+                    box,
+                    _upright_obb(model, data, geom, box),
+                    OBSTACLE_PICK if model.geom_bodyid[geom] in moving else kind,
+                )
             )
     if len(rows) > MAX_OBSTACLE_BOXES:
         raise ValueError(
             f"The scene has {len(rows)} obstacle boxes, more than MAX_OBSTACLE_BOXES={MAX_OBSTACLE_BOXES}."
         )
-    for row, (box, kind) in enumerate(rows):
-        boxes[row], kinds[row] = box, kind
-    return boxes, kinds
+    for row, (box, obb, kind) in enumerate(rows):
+        boxes[row], obbs[row], kinds[row] = box, obb, kind
+    return boxes, obbs, kinds
+
+
+def obbs_of_bounds(boxes: np.ndarray) -> np.ndarray:
+    """`obstacle_obbs` rows `[..., 7]` (yaw 0) of world bounds `[..., 6]` (`[min xyz, max xyz]`)."""
+    boxes = np.asarray(boxes)
+    centre, half = (boxes[..., :3] + boxes[..., 3:]) / 2, (boxes[..., 3:] - boxes[..., :3]) / 2
+    return np.concatenate([centre, half, np.zeros_like(boxes[..., :1])], axis=-1)
+
+
+def _upright_obb(model: Any, data: Any, geom: int, box: np.ndarray) -> np.ndarray:
+    """The `obstacle_obbs` row of a box geom with one axis vertical; the world bounds `box` of any other geom."""
+    import mujoco
+
+    rot = np.asarray(data.geom_xmat[geom]).reshape(3, 3)
+    up = int(np.argmax(np.abs(rot[2])))
+    if model.geom_type[geom] != mujoco.mjtGeom.mjGEOM_BOX or abs(rot[2, up]) < 0.999:
+        return obbs_of_bounds(box)
+    first = next(i for i in range(3) if i != up)
+    yaw = np.arctan2(rot[1, first], rot[0, first])
+    # Half extents along the yaw's two horizontal axes and up: the box's own sizes, and a little more for the
+    # slight tilt that is left, so that the box stays inside.
+    axes = np.array([[np.cos(yaw), np.sin(yaw), 0.0], [-np.sin(yaw), np.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
+    half = np.abs(axes @ rot) @ model.geom_size[geom]
+    return np.concatenate([data.geom_xpos[geom], half, [yaw]]).astype(np.float32)
 
 
 def _current_subgoal(robot_env: Any, holds: list[bool]) -> tuple[int, list[str]]:
@@ -478,7 +511,7 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
             (name for name in object_bodies | fixture_bodies if place_name.startswith(name + "_")), None
         )
 
-    state["obstacle_boxes"], state["obstacle_kind"] = _obstacles(
+    state["obstacle_boxes"], state["obstacle_obbs"], state["obstacle_kind"] = _obstacles(
         model, data, object_bodies, fixture_bodies, pick_name, place_owner, moving_body
     )
     return state

@@ -47,6 +47,7 @@ from ..envs.libero_state import (
     SUBGOAL_CLOSE,
     SUBGOAL_OPEN,
     SUBGOAL_TURN_ON,
+    obbs_of_bounds,
 )
 from ..policy import Generators, sample_from_logits
 
@@ -83,6 +84,7 @@ OPEN, CLOSE = -1.0, 1.0
 FINGER_OPEN_WIDTH = 0.077  # `gripper_opening` when fully open
 FINGER_BOX = (0.052, 0.0133, 0.0105, -0.009, 0.045)  # u offset of each finger, half u, half v, z low, z high
 HAND_BOX = (0.0, 0.102, 0.032, 0.031, 0.123)
+_GRIPPER_PARTS = np.array([(-FINGER_BOX[0], *FINGER_BOX[1:]), FINGER_BOX, HAND_BOX])  # the open gripper's boxes
 FINGERTIP_BELOW = 0.009  # the finger collision meshes reach this far below the grip site
 
 # Behaviour.
@@ -180,12 +182,22 @@ def _yaw_cost(x: np.ndarray, current: np.ndarray, wrist: float) -> float:
     return abs(yaw) + WRIST_REST_WEIGHT * abs(wrist - yaw - WRIST_REST)
 
 
-def _obstacles(state: Mapping[str, np.ndarray], exclude_pick: bool = True) -> np.ndarray:
+def _kept(state: Mapping[str, np.ndarray], exclude_pick: bool) -> np.ndarray:
     kinds = np.asarray(state["obstacle_kind"])
     keep = kinds >= 0
     if exclude_pick:
         keep &= kinds != OBSTACLE_PICK
-    return np.asarray(state["obstacle_boxes"], np.float64)[keep]
+    return keep
+
+
+def _obstacles(state: Mapping[str, np.ndarray], exclude_pick: bool = True) -> np.ndarray:
+    """World bounds of the obstacles (rows of `obstacle_boxes`), without the object to pick."""
+    return np.asarray(state["obstacle_boxes"], np.float64)[_kept(state, exclude_pick)]
+
+
+def _obstacle_obbs(state: Mapping[str, np.ndarray], exclude_pick: bool = True) -> np.ndarray:
+    """The same obstacles as boxes turned about the vertical (rows of `obstacle_obbs`)."""
+    return np.asarray(state["obstacle_obbs"], np.float64)[_kept(state, exclude_pick)]
 
 
 def _corridor_top(boxes: np.ndarray, start: np.ndarray, end: np.ndarray, pad: float) -> float:
@@ -203,25 +215,28 @@ def _corridor_top(boxes: np.ndarray, start: np.ndarray, end: np.ndarray, pad: fl
     return float(boxes[near, 5].max()) if near.any() else -np.inf
 
 
-def _gripper_collision(site: np.ndarray, axis: np.ndarray, obstacles: np.ndarray, rise: float = 0.0) -> float:
+def _gripper_collision(site: np.ndarray, axis: np.ndarray, obbs: np.ndarray, rise: float = 0.0) -> float:
     """Deepest penetration of the open gripper (two fingers and the hand, at `site`, closing along `axis`, swept
-    `rise` metres up) into the obstacle boxes; 0 when it is free. Separating-axis test in xy, interval test in z."""
-    if len(obstacles) == 0:
+    `rise` metres up) into the obstacles `obbs` (rows of `obstacle_obbs`: boxes turned about the vertical); 0 when
+    it is free. Separating-axis test in xy (the hand's two horizontal axes and each box's two), interval test in z."""
+    if len(obbs) == 0:
         return 0.0
     u = np.array([axis[0], axis[1]]) / (np.linalg.norm(axis[:2]) + 1e-12)
     v = np.array([-u[1], u[0]])
-    centres2 = (obstacles[:, :2] + obstacles[:, 3:5]) / 2
-    halves2 = (obstacles[:, 3:5] - obstacles[:, :2]) / 2
-    deepest = 0.0
-    parts = [(sign * FINGER_BOX[0], *FINGER_BOX[1:]) for sign in (-1.0, 1.0)] + [HAND_BOX]
-    for offset, half_u, half_v, z_low, z_high in parts:
-        centre = site[:2] + offset * u
-        depth = np.minimum(obstacles[:, 5] - (site[2] + z_low), site[2] + z_high + rise - obstacles[:, 2])
-        for a in (np.array([1.0, 0.0]), np.array([0.0, 1.0]), u, v):
-            reach = abs(a @ u) * half_u + abs(a @ v) * half_v + np.abs(a) @ halves2.T
-            depth = np.minimum(depth, reach - np.abs((centre - centres2) @ a))
-        deepest = max(deepest, float(depth.max()))
-    return max(deepest, 0.0)
+    cos, sin = np.cos(obbs[:, 6]), np.sin(obbs[:, 6])
+    first, second = np.stack([cos, sin], 1), np.stack([-sin, cos], 1)  # each box's horizontal axes [N, 2]
+    axes = np.stack([np.broadcast_to(u, first.shape), np.broadcast_to(v, first.shape), first, second])  # [4, N, 2]
+    offset, half_u, half_v, z_low, z_high = (column[:, None] for column in _GRIPPER_PARTS.T)  # each [3, 1]
+    gap = site[:2] + offset[..., None] * u - obbs[:, :2]  # [3 parts, N, 2]
+    depth = np.minimum(obbs[:, 2] + obbs[:, 5] - (site[2] + z_low), site[2] + z_high + rise - obbs[:, 2] + obbs[:, 5])
+    reach = (
+        np.abs(axes @ u)[:, None] * half_u
+        + np.abs(axes @ v)[:, None] * half_v
+        + (np.abs((axes * first).sum(-1)) * obbs[:, 3] + np.abs((axes * second).sum(-1)) * obbs[:, 4])[:, None]
+    )  # [4 axes, 3 parts, N]
+    separation = np.abs(np.einsum("pnk,ank->apn", gap, axes))
+    depth = np.minimum(depth, (reach - separation).min(0))
+    return max(float(depth.max()), 0.0)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -243,7 +258,7 @@ def _grasp(state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, flo
         part = _part_grasp(state) if _closed_top(state) else None
         return part if part is not None else _rim_grasp(state, box, top)
     z = max(bottom + FINGERTIP_BELOW + 0.004, top - 0.035)
-    obstacles = _obstacles(state)
+    obstacles = _obstacle_obbs(state)
     current = np.asarray(state["eef_xmat"], np.float64).reshape(3, 3)[:, 0]
     best, best_score = None, np.inf
     narrowest = min(extent[i] for i in axes)
@@ -302,7 +317,7 @@ def _part_grasp(state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     origin = np.asarray(state["pick_pos"], np.float64)
     parts = _parts(state)
     world = np.array([_world_box(origin, rot, part) for part in parts])
-    obstacles = _obstacles(state)
+    obstacles = _obstacle_obbs(state)
     eef = np.asarray(state["eef_pos"], np.float64)
     best, best_score = None, np.inf
     for k, part in enumerate(parts):
@@ -314,7 +329,8 @@ def _part_grasp(state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
             site = np.array([centre[0], centre[1], z])
             # The part and whatever lies between the fingers' inner faces is held; everything else must stay clear.
             others = np.delete(world, k, axis=0)
-            if _gripper_collision(site, rot[:, i], np.concatenate([others, obstacles]), rise=PRE_GRASP) > 1e-5:
+            clear = np.concatenate([obbs_of_bounds(others), obstacles])
+            if _gripper_collision(site, rot[:, i], clear, rise=PRE_GRASP) > 1e-5:
                 continue
             # The highest free part: a handle's top rather than a spout.
             score = -z + 0.05 * np.linalg.norm(site[:2] - eef[:2])
@@ -335,7 +351,7 @@ def _rim_grasp(state: Mapping[str, np.ndarray], box: np.ndarray, top: float) -> 
     centre = (box[:3] + box[3:]) / 2
     radius = min(box[3] - box[0], box[4] - box[1]) / 2 - 0.008
     z = top - 0.012
-    obstacles = _obstacles(state)
+    obstacles = _obstacle_obbs(state)
     eef = np.asarray(state["eef_pos"], np.float64)
     place = (np.asarray(state["place_box"][:3]) + np.asarray(state["place_box"][3:])) / 2
     best, best_score = None, np.inf
@@ -687,6 +703,8 @@ def plan_actions(state: Mapping[str, np.ndarray], horizon: int) -> np.ndarray:
             sim["obstacle_boxes"] = np.where(
                 kinds[:, None], sim["obstacle_boxes"] + np.tile(step, 2), sim["obstacle_boxes"]
             )
+            moved = np.concatenate([step, np.zeros(4)])
+            sim["obstacle_obbs"] = np.where(kinds[:, None], sim["obstacle_obbs"] + moved, sim["obstacle_obbs"])
         elif action[6] == CLOSE and sim["gripper_opening"][0] <= _grasp(sim)[2]:
             # The closing fingers reach the object's width: from here on it is held.
             sim["pick_contacts"] = np.ones_like(sim["pick_contacts"])
