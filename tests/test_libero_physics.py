@@ -19,7 +19,7 @@ def test_one_forward_pass_per_substep_is_bit_identical_to_robosuite_substeps():
     Its own module: a LIBERO env built and closed in a process changes what envs built later in it render, which
     `test_libero_env.py` compares with fresh envs; images are not compared here for the same reason (the rendering
     of a given state is the same code either way)."""
-    from trl_vla.teachers.scripted_libero import expert_action
+    from trl_vla.teachers.scripted_libero import plan_actions
 
     suite, task = "libero_goal", 7  # turn on the stove: contacts with an articulated fixture
     np.random.seed(1)  # the fixture placement drawn when the model is built: the same scene for both
@@ -30,7 +30,7 @@ def test_one_forward_pass_per_substep_is_bit_identical_to_robosuite_substeps():
     _, info = fused.reset(options={"init_state_id": 0})
     stock.reset(options={"init_state_id": 0})
     for _ in range(40):
-        chunk = np.tile(expert_action(info["privileged_state"]), (8, 1))
+        chunk = plan_actions(info["privileged_state"], 8)  # the expert's own chunk of 8
         obs, _, done, _, info = fused.step(chunk)
         stock_obs, _, stock_done, _, stock_info = stock.step(chunk)
         np.testing.assert_array_equal(fused.sim_env.sim.data.qpos, stock.sim_env.sim.data.qpos)
