@@ -39,7 +39,7 @@ import numpy as np
 
 from .base import SimulationError
 from .libero_setup import benchmark_suite, renderer_error
-from .libero_state import LIBERO_SUITES, extract_privileged_state
+from .libero_state import LIBERO_SUITES, _robosuite_env, extract_privileged_state
 from .phase_clock import PhaseClock
 
 
@@ -161,8 +161,8 @@ def reset_to_init_state(env: Any, init_state: np.ndarray, seed: int) -> None:
     appends one more sampler of the drawers' and knobs' initial joints to the draws before the fixtures', so that
     a seed would give another scene at each reset.
     """
-    robot_env = env.env if hasattr(env, "env") else env
-    if getattr(robot_env, "hard_reset", False):
+    robot_env = _robosuite_env(env)
+    if robot_env.hard_reset:
         raise ValueError(
             "reset_to_init_state needs a LIBERO env built with hard_reset=False: a rebuilding reset draws a "
             "different scene for the same seed each time."
