@@ -22,6 +22,7 @@ from trl_vla.envs.libero_state import (  # noqa: E402
     OBSTACLE_PICK,
     SUBGOAL_CLOSE,
     SUBGOAL_IN,
+    SUBGOAL_OPEN,
     SUBGOAL_TURN_ON,
     extract_privileged_state,
 )
@@ -263,3 +264,53 @@ def test_expert_grasps_with_the_wrist_away_from_its_limits(task_id, init_id):
         env.close()
     assert success, f"libero_10 task {task_id} from init state {init_id} failed ({steps} steps)"
     assert np.abs(np.array(wrists)).max() < 2.8, "joint 5 or 7 reached its limit (2.8973)"
+
+
+@pytest.mark.slow
+def test_the_level_hand_flies_over_what_stands_before_the_drawer():
+    # libero_goal task 0, init state 0: the bowl and the plate stand in front of the cabinet, under the way to the
+    # middle drawer's handle. The hand turned level reaches 10 cm below the grip site; it used to sweep the bowl
+    # along to the cabinet and stop there, 2.8 cm short of the handle.
+    env, init_states, _ = make_state_env("libero_goal", 0)
+    try:
+        start = _start(env, init_states[0], placement_seed("libero_goal", 0, 0))
+        before = {name: env.env.sim.data.body_xpos[body].copy() for name, body in env.env.obj_body_id.items()}
+        success, steps = run_expert_episode(
+            env, expert_action, init_states[0], MAX_EPISODE_STEPS["libero_goal"],
+            placement_seed=placement_seed("libero_goal", 0, 0),
+        )  # fmt: skip
+        after = {name: env.env.sim.data.body_xpos[body].copy() for name, body in env.env.obj_body_id.items()}
+    finally:
+        env.close()
+    assert start["subgoal_kind"][0] == SUBGOAL_OPEN
+    assert success, f"the middle drawer was not opened ({steps} steps)"
+    moved = {name: float(np.linalg.norm(after[name][:2] - before[name][:2])) for name in before}
+    # The plate, 2 cm high under the hand's way out, may be dragged along by the pull; the bowl must stay put.
+    assert moved["akita_black_bowl_1"] < 0.01, f"the hand swept the bowl along: {moved}"
+
+
+@pytest.mark.slow
+def test_the_bowl_goes_into_the_drawer_under_the_cabinet_and_is_let_go_before_the_push():
+    # libero_10 task 3, init state 3: the open bottom drawer's back half lies under the cabinet (the middle drawer's
+    # handle 8 cm above its floor). The bowl goes to the front of the drawer, held from the side that stays clear
+    # of the cabinet; it used to go to the middle, held from the cabinet's side, and the hand stuck on the cabinet.
+    # The `In` holds while the bowl is still in the air: the hand opens before it turns to the push, or it lifts the
+    # bowl with it, tilted, and the bowl jams the drawer.
+    env, init_states, _ = make_state_env("libero_10", 3)
+    tilts, kinds = [], []
+
+    def act(state):
+        up = env.env.sim.data.body_xmat[env.env.obj_body_id["akita_black_bowl_1"]].reshape(3, 3)[2, 2]
+        tilts.append(np.degrees(np.arccos(min(1.0, up))))
+        kinds.append(int(state["subgoal_kind"][0]))
+        return expert_action(state)
+
+    try:
+        success, steps = run_expert_episode(
+            env, act, init_states[3], MAX_EPISODE_STEPS["libero_10"], placement_seed=placement_seed("libero_10", 3, 3)
+        )
+    finally:
+        env.close()
+    assert kinds[0] == SUBGOAL_IN and SUBGOAL_CLOSE in kinds
+    assert success, f"the bowl was not put into the drawer and the drawer closed ({steps} steps)"
+    assert tilts[-1] < 10.0, f"the bowl lies tilted by {tilts[-1]:.0f} degrees in the closed drawer"

@@ -11,10 +11,12 @@ and progress is never remembered.
   the obstacles on the way, open the gripper, turn the fingers, descend through a funnel (the allowed height shrinks
   with the horizontal error), close;
 * `On` / `In`, **grasped** (both fingers touch the object): lift above the obstacles between the object and the
-  target, move the object over the target (a free spot of it when other objects of the goal go there too), lower
-  it onto (or into) the target, open;
+  target, move the object over the target (a free spot of it when other objects of the goal go there too; inside a
+  region under an overhang, such as a drawer half under its cabinet, the spot least under it, with the grasp chosen
+  so that the hand fits there too), lower it onto (or into) the target, open;
 * `Turnon` (a stove knob): grip the knob's ridge over its axis and turn the hand;
-* `Close` (a drawer, a door): come down in front of the handle with the closed fingers leaning into the push, push;
+* `Close` (a drawer, a door): let go of what the last subgoal moved, come down in front of the handle with the
+  closed fingers leaning into the push, push;
 * `Open` (a drawer): turn the hand level, pointing at the drawer, close on the handle, pull;
 * **success**: open and move up.
 
@@ -44,6 +46,7 @@ from ..envs.libero_state import (
     OBSTACLE_FIXTURE,
     OBSTACLE_OBJECT,
     OBSTACLE_PICK,
+    OBSTACLE_PLACE,
     SUBGOAL_CLOSE,
     SUBGOAL_OPEN,
     SUBGOAL_TURN_ON,
@@ -98,7 +101,10 @@ GRASP_XY_TOL = 0.012  # the hand closes when this close to the grasp site horizo
 GRASP_Z_TOL = 0.012  # ... and vertically
 MAX_LIFT = 0.3  # never carry an object more than this above its goal height
 RIM_CANDIDATES = 24
+PLACE_RISE = 0.05  # the hand setting an object down comes from this far above where it lets go
+INSIDE_MARGIN = 0.006  # an object put into a region stays this far inside its walls (it is let go within 1.6 cm)
 FREE_SPOT_INSET = 0.025  # how far inside a region's edge `_free_spot` keeps the object's origin
+CLOSED_ON_NOTHING = 0.006  # below this opening the closed fingers hold nothing
 LET_GO_OPENING = 0.04  # below this opening, away from the grasp, the hand opens before it moves
 PART_MAX_WIDTH = 0.03  # the widest part (a handle) `_part_grasp` grasps on its own
 PULL_STANDOFF = 0.12  # the open hand lines up with a drawer's handle this far in front of it
@@ -350,13 +356,18 @@ def _rim_grasp(state: Mapping[str, np.ndarray], box: np.ndarray, top: float) -> 
     radius = min(box[3] - box[0], box[4] - box[1]) / 2 - 0.008
     z = top - 0.012
     obstacles = _obstacle_obbs(state)
+    overhead = obbs_of_bounds(_overhead(state))
+    goal_xy, goal_bottom = _placement(state)
+    to_goal = np.array([*(goal_xy - centre[:2]), goal_bottom - box[2]])
     eef = np.asarray(state["eef_pos"], np.float64)
     place = (np.asarray(state["place_box"][:3]) + np.asarray(state["place_box"][3:])) / 2
     best, best_score = None, np.inf
     for angle in np.linspace(0, 2 * np.pi, RIM_CANDIDATES, endpoint=False):
         u = np.array([np.cos(angle), np.sin(angle), 0.0])
         site = np.array([centre[0], centre[1], z]) + radius * u
+        # The hand must fit here and, holding the object, under what hangs over where it puts it.
         collision = _gripper_collision(site, u, obstacles, rise=PRE_GRASP)
+        collision += _gripper_collision(site + to_goal, u, overhead, rise=PLACE_RISE)
         # Reach: the rim side towards the robot base (x = -0.66 in LIBERO's scenes) and towards the target keeps the
         # arm away from its joint limits.
         reach = -u[0] * 0.5 + 0.3 * (u[:2] @ (place[:2] - centre[:2])) / (
@@ -412,14 +423,9 @@ def expert_action(state: Mapping[str, np.ndarray]) -> np.ndarray:
     pick_box = np.asarray(state["pick_box"], np.float64)
 
     if is_grasped(state):
-        place_box = np.asarray(state["place_box"], np.float64)
         obj_xy = (pick_box[:2] + pick_box[3:5]) / 2
-        goal_xy = _free_spot(state, pick_box, place_box) + (obj_xy - np.asarray(state["pick_pos"][:2], np.float64))
+        goal_xy, goal_bottom = _placement(state)
         bottom_below_eef = eef[2] - pick_box[2]
-        if state["place_inside"][0] > 0.5:
-            goal_bottom = place_box[2] + 0.015
-        else:
-            goal_bottom = place_box[5] + 0.008
         half = np.max(pick_box[3:5] - pick_box[:2]) / 2
         # Whatever overlaps the object moves with it (a bowl stacked in it, a plate stuck to it): not an obstacle.
         apart = np.any((obstacles[:, :3] > pick_box[3:] + 0.005) | (obstacles[:, 3:] < pick_box[:3] - 0.005), axis=1)
@@ -490,7 +496,7 @@ def _approach(
     # Physics gives the hysteresis a memoryless controller lacks: once the fingers closed on nothing and started to
     # reopen, let them open fully before closing again.
     reopening = _opening_up(state) and float(np.abs(state["gripper_qvel"]).sum()) > 0.02
-    closed_on_nothing = opening < 0.006 and not touching
+    closed_on_nothing = opening < CLOSED_ON_NOTHING and not touching
     if at_grasp and not closed_on_nothing and not (reopening and opening < needed_open):
         action[6] = CLOSE
     else:
@@ -510,13 +516,26 @@ def _top_below(state: Mapping[str, np.ndarray], pick_box: np.ndarray) -> float:
     return float(boxes[under, 5].max()) if under.any() else -np.inf
 
 
+def _placement(state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """Where the pick object goes: the xy of its box's centre and the height of its bottom, set down on the target
+    (at `_free_spot`) or inside it."""
+    pick_box = np.asarray(state["pick_box"], np.float64)
+    place_box = np.asarray(state["place_box"], np.float64)
+    origin_offset = (pick_box[:2] + pick_box[3:5]) / 2 - np.asarray(state["pick_pos"][:2], np.float64)
+    bottom = place_box[2] + 0.015 if state["place_inside"][0] > 0.5 else place_box[5] + 0.008
+    return _free_spot(state, pick_box, place_box) + origin_offset, float(bottom)
+
+
 def _free_spot(state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_box: np.ndarray) -> np.ndarray:
     """Where to set the pick object's origin down (xy) on a target region it goes `On`: the middle; the region's
     near end when other objects of the goal go there too (the first pot on the stove); the point furthest from those
-    already standing there (the second pot). The middle of any other target."""
+    already standing there (the second pot). Into a region it goes `In`: `_inside_spot`. The middle of any other
+    target."""
     centre = (place_box[:2] + place_box[3:5]) / 2
     origin = np.asarray(state["pick_pos"][:2], np.float64)
-    if state["place_is_region"][0] < 0.5 or state["place_inside"][0] > 0.5:
+    if state["place_is_region"][0] > 0.5 and state["place_inside"][0] > 0.5:
+        return _inside_spot(state, pick_box, place_box) + (origin - (pick_box[:2] + pick_box[3:5]) / 2)
+    if state["place_is_region"][0] < 0.5:
         return centre + (origin - (pick_box[:2] + pick_box[3:5]) / 2)
     boxes = np.asarray(state["obstacle_boxes"], np.float64)[np.asarray(state["obstacle_kind"]) == OBSTACLE_OBJECT]
     standing = boxes[
@@ -544,6 +563,46 @@ def _free_spot(state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_box:
     ).max(-1)  # [spots, standing]
     score = gap.min(1) - 1e-3 * np.linalg.norm(spots - centre, axis=1)
     return spots[int(np.argmax(score))]
+
+
+def _overhead(state: Mapping[str, np.ndarray]) -> np.ndarray:
+    """World bounds of the fixture parts that hang over the region the pick object goes `In`, low enough for the
+    object or the hand holding it to meet them (the cabinet above an open drawer's back half, a microwave's roof);
+    none for an `On` target."""
+    if state["place_is_region"][0] < 0.5 or state["place_inside"][0] < 0.5:
+        return np.zeros((0, 6))
+    pick_box = np.asarray(state["pick_box"], np.float64)
+    place_box = np.asarray(state["place_box"], np.float64)
+    kinds = np.asarray(state["obstacle_kind"])
+    boxes = np.asarray(state["obstacle_boxes"], np.float64)[(kinds == OBSTACLE_FIXTURE) | (kinds == OBSTACLE_PLACE)]
+    return boxes[
+        np.all(boxes[:, :2] < place_box[3:5], axis=1)
+        & np.all(boxes[:, 3:5] > place_box[:2], axis=1)
+        & (boxes[:, 2] > place_box[2] + 0.02)
+        & (boxes[:, 2] < place_box[2] + (pick_box[5] - pick_box[2]) + HAND_BOX[4])
+    ]
+
+
+def _inside_spot(state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_box: np.ndarray) -> np.ndarray:
+    """Where to put the pick object's box centre (xy) into a region it goes `In`: the middle, or, under an overhang
+    (`_overhead`), the spot, of those that keep the footprint `INSIDE_MARGIN` inside the region, with the least of
+    the footprint (1 cm around it) under the overhang, then the nearest the middle."""
+    centre = (place_box[:2] + place_box[3:5]) / 2
+    overhead = _overhead(state)
+    if len(overhead) == 0:
+        return centre
+    half = (pick_box[3:5] - pick_box[:2]) / 2
+    low, high = place_box[:2] + half + INSIDE_MARGIN, place_box[3:5] - half - INSIDE_MARGIN
+    low, high = np.minimum(low, centre), np.maximum(high, centre)  # a region narrower than the object: its middle
+    spots = np.stack(np.meshgrid(np.linspace(low[0], high[0], 9), np.linspace(low[1], high[1], 9)), -1).reshape(-1, 2)
+    side = np.clip(
+        np.minimum(spots[:, None] + half + 0.01, overhead[None, :, 3:5])
+        - np.maximum(spots[:, None] - half - 0.01, overhead[None, :, :2]),
+        0.0,
+        None,
+    )  # [spots, overhead, 2]
+    covered = (side[..., 0] * side[..., 1]).sum(1)
+    return spots[int(np.argmin(covered + 1e-3 * np.linalg.norm(spots - centre, axis=1)))]
 
 
 def _opening_up(state: Mapping[str, np.ndarray]) -> bool:
@@ -590,7 +649,9 @@ def _pull_open(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.nda
     else:
         target, grip = centre + outward * PULL_STANDOFF, OPEN
         if np.linalg.norm(target[:2] - eef[:2]) > NEAR_GRASP:
-            fly = _corridor_top(obstacles, eef[:2], target[:2], HAND_BOX[1]) + CLEARANCE
+            # The level hand reaches HAND_BOX[1] below the grip site: fly that much higher over what stands in front
+            # of the cabinet (a bowl it would sweep along to the handle).
+            fly = _corridor_top(obstacles, eef[:2], target[:2], HAND_BOX[1]) + HAND_BOX[1] + CLEARANCE
             target[2] = max(target[2], min(fly, eef[2]))
     action = _move(eef, target, rot, level)
     action[6] = grip
@@ -628,6 +689,17 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
     if across @ rot[:, 0] < 0:
         across = -across
     tilted = np.stack([across, np.cross(approach, across), approach], axis=1)
+    opening = float(state["gripper_opening"][0])
+    still = float(np.abs(state["gripper_qvel"]).sum()) < 0.02
+    touching = float(np.asarray(state["pick_contacts"]).sum()) > 0
+    holding = CLOSED_ON_NOTHING < opening < LET_GO_OPENING and still and not touching
+    if not in_lane and (holding or (_opening_up(state) and not still and opening < LET_GO_OPENING)):
+        # The fingers stand apart, closed on what the last subgoal moved (the bowl the `In` just let into the
+        # drawer, which holds while the bowl is still in the air): open them all the way before the hand leaves,
+        # or it carries the object off, tilted, and it jams the drawer.
+        action = np.zeros(7)
+        action[6] = OPEN
+        return action.astype(np.float32)
     if in_lane:
         target = eef + direction * 0.05
         target[:2] -= lateral
