@@ -20,6 +20,7 @@ from trl_vla.envs.libero_render_free import (  # noqa: E402
 )
 from trl_vla.envs.libero_state import (  # noqa: E402
     OBSTACLE_PICK,
+    SUBGOAL_CLEAR,
     SUBGOAL_CLOSE,
     SUBGOAL_IN,
     SUBGOAL_OPEN,
@@ -314,3 +315,40 @@ def test_the_bowl_goes_into_the_drawer_under_the_cabinet_and_is_let_go_before_th
     assert kinds[0] == SUBGOAL_IN and SUBGOAL_CLOSE in kinds
     assert success, f"the bowl was not put into the drawer and the drawer closed ({steps} steps)"
     assert tilts[-1] < 10.0, f"the bowl lies tilted by {tilts[-1]:.0f} degrees in the closed drawer"
+
+
+@pytest.mark.slow
+def test_the_object_under_a_drawer_about_to_open_is_cleared_first():
+    # libero_goal task 3 (open the top drawer and put the bowl inside), init state 0: the bowl stands where the
+    # opened drawer hangs. The `Open` that the `In` needs first becomes a `Clear` of the bowl.
+    env, init_states, _ = make_state_env("libero_goal", 3)
+    kinds = []
+
+    def act(state):
+        kinds.append(int(state["subgoal_kind"][0]))
+        return expert_action(state)
+
+    try:
+        state = _start(env, init_states[0], placement_seed("libero_goal", 3, 0))
+        box, keep_out = state["pick_box"], state["place_box"]
+        assert state["subgoal_kind"][0] == SUBGOAL_CLEAR
+        assert np.all(box[:2] < keep_out[3:5]) and np.all(box[3:5] > keep_out[:2]), "the bowl is not in the way"
+        assert state["place_is_region"][0] == 1.0 and state["place_inside"][0] == 0.0
+        # Moved aside by hand, the bowl is out of the way: the drawer opens first.
+        robot_env = env.env
+        bowl = robot_env.get_object("akita_black_bowl_1").joints[-1]
+        pose = robot_env.sim.data.get_joint_qpos(bowl).copy()
+        _set_joint(env, bowl, np.concatenate([pose[:3] + [-0.25, 0.15, 0.0], pose[3:]]))
+        assert extract_privileged_state(env)["subgoal_kind"][0] == SUBGOAL_OPEN
+        success, steps = run_expert_episode(
+            env,
+            act,
+            init_states[0],
+            MAX_EPISODE_STEPS["libero_goal"],
+            placement_seed=placement_seed("libero_goal", 3, 0),
+        )
+    finally:
+        env.close()
+    assert success, f"the bowl is not in the drawer ({steps} steps)"
+    order = [kind for i, kind in enumerate(kinds) if i == 0 or kinds[i - 1] != kind]
+    assert order[:3] == [SUBGOAL_CLEAR, SUBGOAL_OPEN, SUBGOAL_IN], order

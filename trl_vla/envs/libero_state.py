@@ -19,7 +19,7 @@ Keys (float32 unless noted; positions in metres, world frame; quaternions `xyzw`
 | `gripper_opening` | `(1,)` | sum of absolute finger joint positions (about 0.08 fully open, about 0 fully closed) |
 | `joint_pos` | `(7,)` | arm joints |
 | `subgoal_index` | `(1,)` int64 | the goal predicate the expert works on now (see below); the number of predicates once all hold |
-| `subgoal_kind` | `(1,)` int64 | its kind: `SUBGOAL_ON`, `SUBGOAL_IN`, `SUBGOAL_OPEN`, `SUBGOAL_CLOSE`, `SUBGOAL_TURN_ON`, `-1` when all hold |
+| `subgoal_kind` | `(1,)` int64 | its kind: `SUBGOAL_ON`, `SUBGOAL_IN`, `SUBGOAL_OPEN`, `SUBGOAL_CLOSE`, `SUBGOAL_TURN_ON`, `SUBGOAL_CLEAR`, `-1` when all hold |
 | `pick_pos`, `pick_quat`, `pick_xmat` | `(3,)`, `(4,)`, `(9,)` | body pose of the object the current subgoal moves (its first argument), or of the joint's moving body (the knob, the drawer) for an `Open` / `Close` / `Turnon` |
 | `pick_box` | `(6,)` | axis-aligned world bounds `[min xyz, max xyz]` of the pick object's collision geoms |
 | `pick_local_box` | `(6,)` | bounds of the same geoms in the pick object's body frame (its shape, independent of its pose) |
@@ -43,8 +43,10 @@ A LIBERO goal is a conjunction of predicates (`(On bowl plate)`, `(In soup baske
 `(Close microwave)`, `(Turnon stove)`). The *current subgoal* is read from the simulator, never remembered: the first
 predicate, in the BDDL file's order, that does not hold, except that `Close` predicates wait until every other
 predicate holds (a drawer is closed after the bowl went in), and that an `In` whose target is a shut drawer becomes
-an `Open` of that drawer first. The `pick_*` / `place_*` keys describe it when it is an
-`On` / `In`; a predicate that already held and broke again (an object knocked out of the basket) becomes current
+an `Open` of that drawer first, and that `Open` becomes a `Clear` of the object to put in while the object stands
+where the opened drawer would hang over it (within `CLEAR_MARGIN` of its footprint) or is carried off the table:
+`place_box` is then the box the object must leave. The `pick_*` / `place_*` keys describe it when it is an
+`On` / `In` / `Clear`; a predicate that already held and broke again (an object knocked out of the basket) becomes current
 again.
 """
 
@@ -60,6 +62,7 @@ from .libero_setup import benchmark_suite
 
 
 __all__ = [
+    "CLEAR_MARGIN",
     "LIBERO_SUITES",
     "MAX_OBSTACLE_BOXES",
     "MAX_PICK_PARTS",
@@ -67,6 +70,7 @@ __all__ = [
     "OBSTACLE_OBJECT",
     "OBSTACLE_PICK",
     "OBSTACLE_PLACE",
+    "SUBGOAL_CLEAR",
     "SUBGOAL_CLOSE",
     "SUBGOAL_IN",
     "SUBGOAL_KINDS",
@@ -89,9 +93,14 @@ OBSTACLE_PICK, OBSTACLE_PLACE, OBSTACLE_OBJECT, OBSTACLE_FIXTURE = 0, 1, 2, 3
 MAX_PICK_PARTS = 64
 """Rows of `pick_parts` (padded with zeros; an object with more collision geoms keeps its first 64)."""
 
-SUBGOAL_KINDS = ("on", "in", "open", "close", "turnon")
-"""BDDL predicate names, in the order `subgoal_kind` indexes them."""
-SUBGOAL_ON, SUBGOAL_IN, SUBGOAL_OPEN, SUBGOAL_CLOSE, SUBGOAL_TURN_ON = range(len(SUBGOAL_KINDS))
+SUBGOAL_KINDS = ("on", "in", "open", "close", "turnon", "clear")
+"""Subgoal kinds, in the order `subgoal_kind` indexes them: BDDL predicate names, and `clear` (move an object out of
+the way of a drawer about to open; not a BDDL predicate)."""
+SUBGOAL_ON, SUBGOAL_IN, SUBGOAL_OPEN, SUBGOAL_CLOSE, SUBGOAL_TURN_ON, SUBGOAL_CLEAR = range(len(SUBGOAL_KINDS))
+
+CLEAR_MARGIN = 0.03
+"""How far (m, horizontally) an object must stand off the footprint of a drawer opened for it before the drawer opens:
+the room the hand that grasps it afterwards needs beside it."""
 
 
 @functools.cache
@@ -289,7 +298,7 @@ def _current_subgoal(robot_env: Any, holds: list[bool]) -> tuple[int, list[str]]
     ]
     for i in order:
         kind = goal[i][0].lower()
-        if kind in SUBGOAL_KINDS and not holds[i]:
+        if kind in SUBGOAL_KINDS[:SUBGOAL_CLEAR] and not holds[i]:
             target = goal[i][2] if len(goal[i]) == 3 else None
             site = robot_env.object_sites_dict.get(target) if kind == "in" else None
             if site is not None and site.joints and not robot_env.object_states_dict[target].is_open():
@@ -364,6 +373,29 @@ def _articulation(
         handle_axis=rot[:, longest].astype(np.float32),
     )
     return body, state
+
+
+def _clear_subgoal(
+    robot_env: Any, model: Any, data: Any, subgoal_index: int, subgoal: list[str], object_bodies: dict[str, int]
+) -> np.ndarray | None:
+    """For an `Open` of the drawer an `In` puts its object into: the box the object must leave first (`place_box` of
+    a `Clear`): the drawer's footprint once open, `CLEAR_MARGIN` wider, from the table's top to the drawer's bottom;
+    `None` when the object stands on the table clear of it, or the subgoal is any other."""
+    goal = robot_env.parsed_problem["goal_state"][subgoal_index] if subgoal else None
+    if not subgoal or subgoal[0] != "open" or goal[0].lower() != "in" or goal[1] not in object_bodies:
+        return None
+    body, joint = _articulation(robot_env, model, data, subgoal)
+    geoms = _collision_geoms(model, _body_subtree(model, body))
+    shift = joint["joint_axis"] * (joint["joint_goal"][0] - joint["joint_qpos"][0])
+    drawer = _geom_aabb(model, data, geoms) + np.tile(shift, 2)
+    pick = _pick_state(model, data, object_bodies[goal[1]])
+    box = pick["pick_box"]
+    table = float(robot_env.workspace_offset[2])
+    keep_out = np.concatenate([drawer[:2] - CLEAR_MARGIN, [table], drawer[3:5] + CLEAR_MARGIN, [drawer[2]]])
+    overlaps = np.all(box[:2] < keep_out[3:5]) and np.all(box[3:5] > keep_out[:2]) and box[2] < keep_out[5]
+    # Off the table with a finger on it, the object is being carried out of the way: not there yet.
+    carried = pick["pick_contacts"].any() and box[2] > table + 0.01
+    return keep_out.astype(np.float32) if overlaps or carried else None
 
 
 def _slide_joint() -> int:
@@ -462,9 +494,16 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
     # `_check_success` is their conjunction).
     holds = [bool(robot_env._eval_predicate(p)) for p in robot_env.parsed_problem["goal_state"]]
     subgoal_index, subgoal = _current_subgoal(robot_env, holds)
+    object_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.objects_dict}
+    fixture_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.fixtures_dict}
+    keep_out = _clear_subgoal(robot_env, model, data, subgoal_index, subgoal, object_bodies)
+    if keep_out is not None:
+        subgoal = ["clear", robot_env.parsed_problem["goal_state"][subgoal_index][1]]
     kind = SUBGOAL_KINDS.index(subgoal[0]) if subgoal else -1
     if kind in (SUBGOAL_ON, SUBGOAL_IN):
         pick_name, place_name = subgoal[1], subgoal[2]
+    elif kind == SUBGOAL_CLEAR:
+        pick_name, place_name = subgoal[1], None
     else:
         pick_name, place_name = None, None
 
@@ -493,15 +532,15 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
         "place_shared": np.array([_shared_targets(robot_env, subgoal_index, place_name)], np.float32),
     }
 
-    object_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.objects_dict}
-    fixture_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.fixtures_dict}
-
     pick_body = object_bodies.get(pick_name) if pick_name is not None else None
     moving_body, joint_state = _articulation(robot_env, model, data, subgoal)
     state.update(joint_state)
     state.update(_pick_state(model, data, pick_body if moving_body is None else moving_body))
 
     place_body, place_state = _place_state(model, data, place_name, object_bodies | fixture_bodies)
+    if keep_out is not None:
+        centre = (keep_out[:3] + keep_out[3:]) / 2
+        place_state.update(place_pos=centre, place_box=keep_out, place_is_region=np.ones(1, np.float32))
     state.update(place_state)
 
     # The region's owner (the basket for `basket_1_contain_region`) is the place target for collision purposes.

@@ -47,6 +47,7 @@ from ..envs.libero_state import (
     OBSTACLE_OBJECT,
     OBSTACLE_PICK,
     OBSTACLE_PLACE,
+    SUBGOAL_CLEAR,
     SUBGOAL_CLOSE,
     SUBGOAL_OPEN,
     SUBGOAL_TURN_ON,
@@ -104,6 +105,8 @@ RIM_CANDIDATES = 24
 PLACE_RISE = 0.05  # the hand setting an object down comes from this far above where it lets go
 INSIDE_MARGIN = 0.006  # an object put into a region stays this far inside its walls (it is let go within 1.6 cm)
 FREE_SPOT_INSET = 0.025  # how far inside a region's edge `_free_spot` keeps the object's origin
+HOME = np.array([-0.2, 0.0, 1.17])  # the grip site in LIBERO's start pose (the robot's base stands at x = -0.66)
+TILTED = np.radians(50.0)  # a hand pointing further than this from straight down turns before it flies to a grasp
 CLOSED_ON_NOTHING = 0.006  # below this opening the closed fingers hold nothing
 LET_GO_OPENING = 0.04  # below this opening, away from the grasp, the hand opens before it moves
 PART_MAX_WIDTH = 0.03  # the widest part (a handle) `_part_grasp` grasps on its own
@@ -492,6 +495,16 @@ def _approach(
         # The fingers are still closed on what the last subgoal moved (a pot just set on the stove, a turned knob):
         # let go before the hand leaves, or it carries the object off again.
         action[:6] = 0.0
+    elif rot[2, 2] > -np.cos(TILTED) and not near:
+        # The hand still points sideways (it pulled a drawer open, level): turn it down slowly on the way back
+        # towards the robot's base and up to the height of LIBERO's start pose, never along y, into the drawer it
+        # just let go of. Turning it fast, where it is, takes the arm, stretched towards the cabinet, to its elbow's
+        # limit (joint 4 at -0.07 rad), a straight arm the OSC does not bend again.
+        # The turn is the least one that points the fingers down; the grasp's yaw follows once they do.
+        tilt = np.cross(rot[:, 2], [0.0, 0.0, -1.0])
+        tilt *= np.arccos(np.clip(-rot[2, 2], -1.0, 1.0)) / (np.linalg.norm(tilt) + 1e-12)
+        action[:6] = _move(eef, np.array([HOME[0], eef[1], HOME[2]]), rot, _rotation(tilt) @ rot)[:6]
+        action[3:6] *= 0.5
     touching = float(np.asarray(state["pick_contacts"]).sum()) > 0
     # Physics gives the hysteresis a memoryless controller lacks: once the fingers closed on nothing and started to
     # reopen, let them open fully before closing again.
@@ -521,9 +534,47 @@ def _placement(state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float]:
     (at `_free_spot`) or inside it."""
     pick_box = np.asarray(state["pick_box"], np.float64)
     place_box = np.asarray(state["place_box"], np.float64)
+    if int(state["subgoal_kind"][0]) == SUBGOAL_CLEAR:
+        return _out_of_the_way(state, pick_box, place_box)
     origin_offset = (pick_box[:2] + pick_box[3:5]) / 2 - np.asarray(state["pick_pos"][:2], np.float64)
     bottom = place_box[2] + 0.015 if state["place_inside"][0] > 0.5 else place_box[5] + 0.008
     return _free_spot(state, pick_box, place_box) + origin_offset, float(bottom)
+
+
+def _out_of_the_way(
+    state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_box: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Where a `Clear` sets the object down: just outside the box it must leave (`place_box`, on the table), past
+    the face nearest the object whose spot is free of other objects, on the table's top there."""
+    centre = (pick_box[:2] + pick_box[3:5]) / 2
+    half = (pick_box[3:5] - pick_box[:2]) / 2
+    gap = 0.015
+    candidates = []
+    for axis in (0, 1):
+        for edge in (place_box[axis] - half[axis] - gap, place_box[3 + axis] + half[axis] + gap):
+            spot = centre.copy()
+            spot[axis] = edge
+            candidates.append(spot)
+    spots = np.array(candidates)
+    kinds = np.asarray(state["obstacle_kind"])
+    boxes = np.asarray(state["obstacle_boxes"], np.float64)
+    others = boxes[(kinds == OBSTACLE_OBJECT) | (kinds == OBSTACLE_PLACE)]
+    support = place_box[2]  # the table's top
+    others = others[others[:, 5] > support + 0.01]
+    overlap = (
+        np.clip(
+            np.minimum(spots[:, None] + half + 0.01, others[None, :, 3:5])
+            - np.maximum(spots[:, None] - half - 0.01, others[None, :, :2]),
+            0.0,
+            None,
+        )
+        .prod(-1)
+        .sum(1)
+    )
+    # Reach: not further from the robot's base (x = -0.66) than the object stands.
+    beyond = np.maximum(spots[:, 0] - centre[0], 0.0)
+    score = 100.0 * overlap + np.linalg.norm(spots - centre, axis=1) + beyond
+    return spots[int(np.argmin(score))], float(support + 0.008)
 
 
 def _free_spot(state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_box: np.ndarray) -> np.ndarray:
@@ -647,6 +698,8 @@ def _pull_open(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.nda
         # pass clear of the drawer above and below.
         target, grip = centre, CLOSE if opening > thickness + PULL_FINGER_GAP else OPEN
     else:
+        if along > PULL_STANDOFF + 0.02 and _letting_go(state):
+            return _LET_GO.copy()  # the object a `Clear` just set down out of the way
         target, grip = centre + outward * PULL_STANDOFF, OPEN
         if np.linalg.norm(target[:2] - eef[:2]) > NEAR_GRASP:
             # The level hand reaches HAND_BOX[1] below the grip site: fly that much higher over what stands in front
@@ -656,6 +709,20 @@ def _pull_open(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.nda
     action = _move(eef, target, rot, level)
     action[6] = grip
     return action.astype(np.float32)
+
+
+_LET_GO = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, OPEN], np.float32)
+
+
+def _letting_go(state: Mapping[str, np.ndarray]) -> bool:
+    """Whether the fingers are, or still open after being, closed on what the last subgoal moved (they stand apart,
+    touching no part of the joint the subgoal is about): the hand stays and opens them all the way before it
+    leaves, or it carries the object off."""
+    opening = float(state["gripper_opening"][0])
+    still = float(np.abs(state["gripper_qvel"]).sum()) < 0.02
+    touching = float(np.asarray(state["pick_contacts"]).sum()) > 0
+    holding = CLOSED_ON_NOTHING < opening < LET_GO_OPENING and still and not touching
+    return holding or (_opening_up(state) and not still and opening < LET_GO_OPENING)
 
 
 def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.ndarray:
@@ -689,17 +756,10 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
     if across @ rot[:, 0] < 0:
         across = -across
     tilted = np.stack([across, np.cross(approach, across), approach], axis=1)
-    opening = float(state["gripper_opening"][0])
-    still = float(np.abs(state["gripper_qvel"]).sum()) < 0.02
-    touching = float(np.asarray(state["pick_contacts"]).sum()) > 0
-    holding = CLOSED_ON_NOTHING < opening < LET_GO_OPENING and still and not touching
-    if not in_lane and (holding or (_opening_up(state) and not still and opening < LET_GO_OPENING)):
-        # The fingers stand apart, closed on what the last subgoal moved (the bowl the `In` just let into the
-        # drawer, which holds while the bowl is still in the air): open them all the way before the hand leaves,
-        # or it carries the object off, tilted, and it jams the drawer.
-        action = np.zeros(7)
-        action[6] = OPEN
-        return action.astype(np.float32)
+    if not in_lane and _letting_go(state):
+        # The bowl the `In` just let into the drawer (the `In` holds while the bowl is still in the air): the hand
+        # would carry it off, tilted, and it would jam the drawer.
+        return _LET_GO.copy()
     if in_lane:
         target = eef + direction * 0.05
         target[:2] -= lateral
