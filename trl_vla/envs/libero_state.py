@@ -26,7 +26,7 @@ Keys (float32 unless noted; positions in metres, world frame; quaternions `xyzw`
 | `pick_parts` | `(MAX_PICK_PARTS, 6)` | bounds of each of those geoms in the same body frame (its handle, its walls); zero rows pad |
 | `pick_contacts` | `(2,)` | 1.0 where the left / right finger (pad or body) touches the pick object |
 | `place_pos`, `place_quat` | `(3,)`, `(4,)` | pose of the place target: a region site (`basket_1_contain_region`) or an object body (`plate_1`) |
-| `place_box` | `(6,)` | world bounds of the target: the region site's box, or the target object's collision geoms |
+| `place_box` | `(6,)` | world bounds of the target: the region site's box, or the target object's collision geoms; for a `Clear`, the box the object must leave |
 | `place_is_region` | `(1,)` | 1.0 if the target is a region site (`basket_1_contain_region`), 0.0 for an object |
 | `place_shared` | `(1,)` | how many other `On` / `In` predicates of the goal name the same target (two pots on one stove) |
 | `place_inside` | `(1,)` | 1.0 if the current subgoal is `in` (put inside the target), 0.0 otherwise |

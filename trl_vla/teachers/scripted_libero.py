@@ -18,6 +18,7 @@ and progress is never remembered.
 * `Close` (a drawer, a door): let go of what the last subgoal moved, come down in front of the handle with the
   closed fingers leaning into the push, push;
 * `Open` (a drawer): turn the hand level, pointing at the drawer, close on the handle, pull;
+* `Clear` (an object where the drawer an `In` opens will hang): carry it out of that footprint onto the table;
 * **success**: open and move up.
 
 Actions are LIBERO's (robosuite OSC pose, delta mode): position deltas in `[-1, 1]` (x 0.05 m per control step),
@@ -68,7 +69,7 @@ __all__ = [
 SUPPORTED_TASKS: dict[str, tuple[int, ...]] = {
     "libero_object": tuple(range(10)),
     "libero_spatial": tuple(range(10)),
-    # not the bowl into the top drawer it first opens (3: 6/50; the opened drawer hangs over the bowl)
+    # not the bowl into the top drawer it first opens (3: 30/50 with the bowl cleared from under the drawer first)
     "libero_goal": (0, 1, 2, 4, 5, 6, 7, 8, 9),
     # not the mug into the microwave (9: a hand holding it from above does not fit under the microwave's roof)
     "libero_10": (0, 1, 2, 3, 4, 5, 6, 7, 8),
