@@ -98,6 +98,8 @@ SUBGOAL_KINDS = ("on", "in", "open", "close", "turnon", "clear")
 the way of a drawer about to open; not a BDDL predicate)."""
 SUBGOAL_ON, SUBGOAL_IN, SUBGOAL_OPEN, SUBGOAL_CLOSE, SUBGOAL_TURN_ON, SUBGOAL_CLEAR = range(len(SUBGOAL_KINDS))
 
+_BDDL_KINDS = SUBGOAL_KINDS[:SUBGOAL_CLEAR]
+
 CLEAR_MARGIN = 0.03
 """How far (m, horizontally) an object must stand off the footprint of a drawer opened for it before the drawer opens:
 the room the hand that grasps it afterwards needs beside it."""
@@ -298,7 +300,7 @@ def _current_subgoal(robot_env: Any, holds: list[bool]) -> tuple[int, list[str]]
     ]
     for i in order:
         kind = goal[i][0].lower()
-        if kind in SUBGOAL_KINDS[:SUBGOAL_CLEAR] and not holds[i]:
+        if kind in _BDDL_KINDS and not holds[i]:
             target = goal[i][2] if len(goal[i]) == 3 else None
             site = robot_env.object_sites_dict.get(target) if kind == "in" else None
             if site is not None and site.joints and not robot_env.object_states_dict[target].is_open():
@@ -376,15 +378,18 @@ def _articulation(
 
 
 def _clear_subgoal(
-    robot_env: Any, model: Any, data: Any, subgoal_index: int, subgoal: list[str], object_bodies: dict[str, int]
-) -> np.ndarray | None:
-    """For an `Open` of the drawer an `In` puts its object into: the box the object must leave first (`place_box` of
-    a `Clear`): the drawer's footprint once open, `CLEAR_MARGIN` wider, from the table's top to the drawer's bottom;
-    `None` when the object stands on the table clear of it, or the subgoal is any other."""
-    goal = robot_env.parsed_problem["goal_state"][subgoal_index] if subgoal else None
-    if not subgoal or subgoal[0] != "open" or goal[0].lower() != "in" or goal[1] not in object_bodies:
-        return None
-    body, joint = _articulation(robot_env, model, data, subgoal)
+    robot_env: Any,
+    model: Any,
+    data: Any,
+    goal: list[str],
+    body: int,
+    joint: dict[str, np.ndarray],
+    object_bodies: dict[str, int],
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """For the `Open` of a drawer (its moving `body`, its `joint_*` keys `joint`) that the goal predicate `goal`, an
+    `In`, puts its object into: the box the object must leave first (`place_box` of a `Clear`: the drawer's
+    footprint once open, `CLEAR_MARGIN` wider, from the table's top to the drawer's bottom) and the object's
+    `pick_*` keys; `None` when the object stands on the table clear of that box."""
     geoms = _collision_geoms(model, _body_subtree(model, body))
     shift = joint["joint_axis"] * (joint["joint_goal"][0] - joint["joint_qpos"][0])
     drawer = _geom_aabb(model, data, geoms) + np.tile(shift, 2)
@@ -395,7 +400,7 @@ def _clear_subgoal(
     overlaps = np.all(box[:2] < keep_out[3:5]) and np.all(box[3:5] > keep_out[:2]) and box[2] < keep_out[5]
     # Off the table with a finger on it, the object is being carried out of the way: not there yet.
     carried = pick["pick_contacts"].any() and box[2] > table + 0.01
-    return keep_out.astype(np.float32) if overlaps or carried else None
+    return (keep_out.astype(np.float32), pick) if overlaps or carried else None
 
 
 def _slide_joint() -> int:
@@ -496,9 +501,15 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
     subgoal_index, subgoal = _current_subgoal(robot_env, holds)
     object_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.objects_dict}
     fixture_bodies = {name: robot_env.obj_body_id[name] for name in robot_env.fixtures_dict}
-    keep_out = _clear_subgoal(robot_env, model, data, subgoal_index, subgoal, object_bodies)
-    if keep_out is not None:
-        subgoal = ["clear", robot_env.parsed_problem["goal_state"][subgoal_index][1]]
+    moving_body, joint_state = _articulation(robot_env, model, data, subgoal)
+    clear = None
+    if subgoal and subgoal[0] == "open":
+        goal = robot_env.parsed_problem["goal_state"][subgoal_index]
+        if goal[0].lower() == "in" and goal[1] in object_bodies:
+            clear = _clear_subgoal(robot_env, model, data, goal, moving_body, joint_state, object_bodies)
+    if clear is not None:
+        subgoal = ["clear", goal[1]]
+        moving_body, joint_state = _articulation(robot_env, model, data, subgoal)
     kind = SUBGOAL_KINDS.index(subgoal[0]) if subgoal else -1
     if kind in (SUBGOAL_ON, SUBGOAL_IN):
         pick_name, place_name = subgoal[1], subgoal[2]
@@ -533,12 +544,15 @@ def extract_privileged_state(env: Any) -> dict[str, np.ndarray]:
     }
 
     pick_body = object_bodies.get(pick_name) if pick_name is not None else None
-    moving_body, joint_state = _articulation(robot_env, model, data, subgoal)
     state.update(joint_state)
-    state.update(_pick_state(model, data, pick_body if moving_body is None else moving_body))
+    if clear is not None:
+        state.update(clear[1])
+    else:
+        state.update(_pick_state(model, data, pick_body if moving_body is None else moving_body))
 
     place_body, place_state = _place_state(model, data, place_name, object_bodies | fixture_bodies)
-    if keep_out is not None:
+    if clear is not None:
+        keep_out = clear[0]
         centre = (keep_out[:3] + keep_out[3:]) / 2
         place_state.update(place_pos=centre, place_box=keep_out, place_is_region=np.ones(1, np.float32))
     state.update(place_state)

@@ -361,8 +361,9 @@ def _rim_grasp(state: Mapping[str, np.ndarray], box: np.ndarray, top: float) -> 
     z = top - 0.012
     obstacles = _obstacle_obbs(state)
     overhead = obbs_of_bounds(_overhead(state))
-    goal_xy, goal_bottom = _placement(state)
-    to_goal = np.array([*(goal_xy - centre[:2]), goal_bottom - box[2]])
+    if len(overhead):
+        goal_xy, goal_bottom = _placement(state)
+        to_goal = np.array([*(goal_xy - centre[:2]), goal_bottom - box[2]])
     eef = np.asarray(state["eef_pos"], np.float64)
     place = (np.asarray(state["place_box"][:3]) + np.asarray(state["place_box"][3:])) / 2
     best, best_score = None, np.inf
@@ -371,7 +372,8 @@ def _rim_grasp(state: Mapping[str, np.ndarray], box: np.ndarray, top: float) -> 
         site = np.array([centre[0], centre[1], z]) + radius * u
         # The hand must fit here and, holding the object, under what hangs over where it puts it.
         collision = _gripper_collision(site, u, obstacles, rise=PRE_GRASP)
-        collision += _gripper_collision(site + to_goal, u, overhead, rise=PLACE_RISE)
+        if len(overhead):
+            collision += _gripper_collision(site + to_goal, u, overhead, rise=PLACE_RISE)
         # Reach: the rim side towards the robot base (x = -0.66 in LIBERO's scenes) and towards the target keeps the
         # arm away from its joint limits.
         reach = -u[0] * 0.5 + 0.3 * (u[:2] @ (place[:2] - centre[:2])) / (
@@ -561,17 +563,7 @@ def _out_of_the_way(
     boxes = np.asarray(state["obstacle_boxes"], np.float64)
     others = boxes[(kinds == OBSTACLE_OBJECT) | (kinds == OBSTACLE_PLACE)]
     support = place_box[2]  # the table's top
-    others = others[others[:, 5] > support + 0.01]
-    overlap = (
-        np.clip(
-            np.minimum(spots[:, None] + half + 0.01, others[None, :, 3:5])
-            - np.maximum(spots[:, None] - half - 0.01, others[None, :, :2]),
-            0.0,
-            None,
-        )
-        .prod(-1)
-        .sum(1)
-    )
+    overlap = _covered(spots, half + 0.01, others[others[:, 5] > support + 0.01])
     # Reach: not further from the robot's base (x = -0.66) than the object stands.
     beyond = np.maximum(spots[:, 0] - centre[0], 0.0)
     score = 100.0 * overlap + np.linalg.norm(spots - centre, axis=1) + beyond
@@ -647,14 +639,19 @@ def _inside_spot(state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_bo
     low, high = place_box[:2] + half + INSIDE_MARGIN, place_box[3:5] - half - INSIDE_MARGIN
     low, high = np.minimum(low, centre), np.maximum(high, centre)  # a region narrower than the object: its middle
     spots = np.stack(np.meshgrid(np.linspace(low[0], high[0], 9), np.linspace(low[1], high[1], 9)), -1).reshape(-1, 2)
-    side = np.clip(
-        np.minimum(spots[:, None] + half + 0.01, overhead[None, :, 3:5])
-        - np.maximum(spots[:, None] - half - 0.01, overhead[None, :, :2]),
+    covered = _covered(spots, half + 0.01, overhead)
+    return spots[int(np.argmin(covered + 1e-3 * np.linalg.norm(spots - centre, axis=1)))]
+
+
+def _covered(spots: np.ndarray, half: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Area `[spots]` of a footprint (half sizes `half`, centred at each of `spots` `[S, 2]`) that the footprints of
+    `boxes` (world bounds) cover, summed over the boxes."""
+    sides = np.clip(
+        np.minimum(spots[:, None] + half, boxes[None, :, 3:5]) - np.maximum(spots[:, None] - half, boxes[None, :, :2]),
         0.0,
         None,
-    )  # [spots, overhead, 2]
-    covered = (side[..., 0] * side[..., 1]).sum(1)
-    return spots[int(np.argmin(covered + 1e-3 * np.linalg.norm(spots - centre, axis=1)))]
+    )  # [spots, boxes, 2]
+    return (sides[..., 0] * sides[..., 1]).sum(1)
 
 
 def _opening_up(state: Mapping[str, np.ndarray]) -> bool:
