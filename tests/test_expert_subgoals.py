@@ -29,12 +29,16 @@ from trl_vla.envs.libero_state import (  # noqa: E402
 )
 from trl_vla.teachers import ScriptedLiberoExpert  # noqa: E402
 from trl_vla.teachers.scripted_libero import (  # noqa: E402
+    COMFORT_REACH,
     FREE_SPOT_INSET,
     PART_MAX_WIDTH,
+    ROBOT_BASE_XY,
     WRIST_REST,
     _down_frame,
     _free_spot,
     _grasp,
+    _level_frame,
+    _out_of_the_way,
     _rotation,
     expert_action,
     is_grasped,
@@ -352,3 +356,78 @@ def test_the_object_under_a_drawer_about_to_open_is_cleared_first():
     assert success, f"the bowl is not in the drawer ({steps} steps)"
     order = [kind for i, kind in enumerate(kinds) if i == 0 or kinds[i - 1] != kind]
     assert order[:3] == [SUBGOAL_CLEAR, SUBGOAL_OPEN, SUBGOAL_IN], order
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.8, -2.0])
+def test_the_level_hand_rolls_the_wrist_back_towards_its_rest(yaw):
+    pointing = np.array([0.0, -1.0, 0.0])
+    current = _yaw_frame(yaw)
+    near_upper, near_lower = _level_frame(pointing, current, 2.6), _level_frame(pointing, current, -2.0)
+    for frame in (near_upper, near_lower):
+        np.testing.assert_allclose(frame[:, 2], pointing, atol=1e-12)  # the fingers point into the drawer
+        np.testing.assert_allclose(np.abs(frame[:, 0]), [0.0, 0.0, 1.0], atol=1e-12)  # closing up and down
+        np.testing.assert_allclose(frame.T @ frame, np.eye(3), atol=1e-12)
+        assert np.linalg.det(frame) > 0
+    # From the same hand, a wrist near its upper limit and one near its lower limit roll opposite ways: the two
+    # frames are a roll of pi apart.
+    np.testing.assert_allclose(near_upper[:, 0], -near_lower[:, 0], atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_clear_sets_the_object_down_free_of_fixtures_and_within_reach():
+    # libero_goal task 3, init state 9: beside the drawer's footprint stand the cabinet (-y), a wine bottle (-x)
+    # and a cream cheese box (+y). The spot used to be the nearest face's, inside the cabinet.
+    env, init_states, _ = make_state_env("libero_goal", 3)
+    try:
+        state = _start(env, init_states[9], placement_seed("libero_goal", 3, 9))
+    finally:
+        env.close()
+    assert state["subgoal_kind"][0] == SUBGOAL_CLEAR
+    pick_box, keep_out = state["pick_box"].astype(np.float64), state["place_box"].astype(np.float64)
+    spot, bottom = _out_of_the_way(state, pick_box, keep_out)
+    half = (pick_box[3:5] - pick_box[:2]) / 2
+    low, high = spot - half, spot + half
+    assert np.any(low >= keep_out[3:5]) or np.any(high <= keep_out[:2]), "the spot is in the way of the drawer"
+    boxes = state["obstacle_boxes"][state["obstacle_kind"] > OBSTACLE_PICK]
+    standing = boxes[boxes[:, 5] > keep_out[2] + 0.01]
+    overlapping = np.all(standing[:, :2] < high + 0.01, axis=1) & np.all(standing[:, 3:5] > low - 0.01, axis=1)
+    assert not overlapping.any(), f"the spot overlaps {standing[overlapping]}"
+    assert COMFORT_REACH[0] <= np.linalg.norm(spot - ROBOT_BASE_XY) <= COMFORT_REACH[1]
+    assert bottom == pytest.approx(keep_out[2] + 0.008)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "init_id",
+    [
+        # the open fingers, leaving the bowl just set down, dragged it back into the drawer's way
+        6,
+        # the level hand, turning down at full speed by the opened drawer to grasp the bowl beside it, straightened
+        # the elbow to its limit
+        12,
+        # the wrist, near its limit after the Clear's grasp, rolled past it as the hand turned level for the Open
+        41,
+    ],
+)
+def test_after_a_clear_the_drawer_opens_and_the_bowl_goes_in(init_id):
+    env, init_states, _ = make_state_env("libero_goal", 3)
+    kinds, joints = [], []
+
+    def act(state):
+        kinds.append(int(state["subgoal_kind"][0]))
+        joints.append(state["joint_pos"].copy())
+        return expert_action(state)
+
+    try:
+        success, steps = run_expert_episode(
+            env, act, init_states[init_id], MAX_EPISODE_STEPS["libero_goal"],
+            placement_seed=placement_seed("libero_goal", 3, init_id),
+        )  # fmt: skip
+    finally:
+        env.close()
+    assert success, f"the bowl is not in the drawer ({steps} steps)"
+    order = [kind for i, kind in enumerate(kinds) if i == 0 or kinds[i - 1] != kind]
+    assert order == [SUBGOAL_CLEAR, SUBGOAL_OPEN, SUBGOAL_IN], order
+    joints = np.array(joints)
+    assert joints[:, 3].max() < -0.2, "the elbow (joint 4) straightened to its limit (-0.0698)"
+    assert np.abs(joints[:, 6]).max() < 2.8, "the wrist (joint 7) reached its limit (2.8973)"

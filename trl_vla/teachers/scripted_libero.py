@@ -69,8 +69,7 @@ __all__ = [
 SUPPORTED_TASKS: dict[str, tuple[int, ...]] = {
     "libero_object": tuple(range(10)),
     "libero_spatial": tuple(range(10)),
-    # not the bowl into the top drawer it first opens (3: 30/50 with the bowl cleared from under the drawer first)
-    "libero_goal": (0, 1, 2, 4, 5, 6, 7, 8, 9),
+    "libero_goal": tuple(range(10)),
     # not the mug into the microwave (9: a hand holding it from above does not fit under the microwave's roof)
     "libero_10": (0, 1, 2, 3, 4, 5, 6, 7, 8),
 }
@@ -106,8 +105,11 @@ RIM_CANDIDATES = 24
 PLACE_RISE = 0.05  # the hand setting an object down comes from this far above where it lets go
 INSIDE_MARGIN = 0.006  # an object put into a region stays this far inside its walls (it is let go within 1.6 cm)
 FREE_SPOT_INSET = 0.025  # how far inside a region's edge `_free_spot` keeps the object's origin
-HOME = np.array([-0.2, 0.0, 1.17])  # the grip site in LIBERO's start pose (the robot's base stands at x = -0.66)
-TILTED = np.radians(50.0)  # a hand pointing further than this from straight down turns before it flies to a grasp
+HOME = np.array([-0.2, 0.0, 1.17])  # the grip site in LIBERO's start pose
+ROBOT_BASE_XY = np.array([-0.66, 0.0])  # where the robot's base stands in LIBERO's scenes
+COMFORT_REACH = (0.55, 0.76)  # horizontal distances from the base at which the hand grasps at the table's height
+CLEAR_GAPS = (0.015, 0.04, 0.065)  # how far outside the box it must leave a `Clear` may set the object down
+TILTED = np.radians(20.0)  # a hand pointing further than this from straight down turns before it flies to a grasp
 CLOSED_ON_NOTHING = 0.006  # below this opening the closed fingers hold nothing
 LET_GO_OPENING = 0.04  # below this opening, away from the grasp, the hand opens before it moves
 PART_MAX_WIDTH = 0.03  # the widest part (a handle) `_part_grasp` grasps on its own
@@ -174,6 +176,28 @@ def _down_frame(closing_axis: np.ndarray, current: np.ndarray, wrist: float | No
         x = -x
     z = np.array([0.0, 0.0, -1.0])
     return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def _level_frame(pointing: np.ndarray, current: np.ndarray, wrist: float) -> np.ndarray:
+    """Grip-site rotation with the fingers pointing along `pointing` (horizontal) and closing up and down; of the two
+    (closing up, closing down: a roll of pi apart), the one that leaves the wrist joint (its angle `wrist` now)
+    nearer its rest angle.
+
+    The wrist turns about the approach axis: after the least swing of the approach axis onto `pointing`, the roll
+    left to do is about what the wrist turns by, so the angle it ends at holds while the hand turns, and the choice
+    with it. Choosing by which way the fingers already lean flips with noise while the hand still points down, and
+    half the time rolls the wrist past its limit (2.9 rad), where the OSC throws the arm up and straight."""
+    swing_axis = np.cross(current[:, 2], pointing)
+    swing_angle = np.arctan2(np.linalg.norm(swing_axis), float(current[:, 2] @ pointing))
+    swung = _rotation(swing_axis / (np.linalg.norm(swing_axis) + 1e-12) * swing_angle) @ current[:, 0]
+    best, best_cost = None, np.inf
+    for up in (1.0, -1.0):
+        closing = np.array([0.0, 0.0, up])
+        roll = float(np.arctan2(np.cross(swung, closing) @ pointing, swung @ closing))
+        cost = abs(wrist + roll - WRIST_REST)
+        if cost < best_cost:
+            best, best_cost = np.stack([closing, np.cross(pointing, closing), pointing], axis=1), cost
+    return best
 
 
 def _yaw_cost(x: np.ndarray, current: np.ndarray, wrist: float) -> float:
@@ -498,7 +522,7 @@ def _approach(
         # The fingers are still closed on what the last subgoal moved (a pot just set on the stove, a turned knob):
         # let go before the hand leaves, or it carries the object off again.
         action[:6] = 0.0
-    elif rot[2, 2] > -np.cos(TILTED) and not near:
+    elif rot[2, 2] > -np.cos(TILTED):
         # The hand still points sideways (it pulled a drawer open, level): turn it down slowly on the way back
         # towards the robot's base and up to the height of LIBERO's start pose, never along y, into the drawer it
         # just let go of. Turning it fast, where it is, takes the arm, stretched towards the cabinet, to its elbow's
@@ -547,26 +571,31 @@ def _placement(state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float]:
 def _out_of_the_way(
     state: Mapping[str, np.ndarray], pick_box: np.ndarray, place_box: np.ndarray
 ) -> tuple[np.ndarray, float]:
-    """Where a `Clear` sets the object down: just outside the box it must leave (`place_box`, on the table), past
-    the face nearest the object whose spot is free of other objects, on the table's top there."""
+    """Where a `Clear` sets the object down (its box centre, xy, and its bottom): on the table's top, on the ring of
+    spots just outside the box it must leave (`place_box`), the nearest spot whose footprint is free of everything
+    else, at a comfortable reach from the robot's base."""
     centre = (pick_box[:2] + pick_box[3:5]) / 2
     half = (pick_box[3:5] - pick_box[:2]) / 2
-    gap = 0.015
-    candidates = []
-    for axis in (0, 1):
-        for edge in (place_box[axis] - half[axis] - gap, place_box[3 + axis] + half[axis] + gap):
-            spot = centre.copy()
-            spot[axis] = edge
-            candidates.append(spot)
-    spots = np.array(candidates)
-    kinds = np.asarray(state["obstacle_kind"])
-    boxes = np.asarray(state["obstacle_boxes"], np.float64)
-    others = boxes[(kinds == OBSTACLE_OBJECT) | (kinds == OBSTACLE_PLACE)]
+    rings = []
+    for gap in CLEAR_GAPS:
+        low, high = place_box[:2] - half - gap, place_box[3:5] + half + gap
+        xs, ys = np.arange(low[0], high[0] + 1e-9, 0.02), np.arange(low[1], high[1] + 1e-9, 0.02)
+        rings += [
+            np.stack([np.full_like(ys, low[0]), ys], 1),
+            np.stack([np.full_like(ys, high[0]), ys], 1),
+            np.stack([xs, np.full_like(xs, low[1])], 1),
+            np.stack([xs, np.full_like(xs, high[1])], 1),
+        ]
+    spots = np.concatenate(rings)
+    # Everything else standing on the table or hanging over it, objects and fixtures alike (a spot beside the
+    # drawer may lie in the cabinet itself), 1 cm around the footprint.
+    others = _obstacles(state)
     support = place_box[2]  # the table's top
-    overlap = _covered(spots, half + 0.01, others[others[:, 5] > support + 0.01])
-    # Reach: not further from the robot's base (x = -0.66) than the object stands.
-    beyond = np.maximum(spots[:, 0] - centre[0], 0.0)
-    score = 100.0 * overlap + np.linalg.norm(spots - centre, axis=1) + beyond
+    blocked = _covered(spots, half + 0.01, others[others[:, 5] > support + 0.01]) > 0
+    # Too near the base, the arm folds to its joints' limits to grasp at the table's height; too far, it cannot reach.
+    reach = np.linalg.norm(spots - ROBOT_BASE_XY, axis=1)
+    off_reach = np.maximum(COMFORT_REACH[0] - reach, 0.0) + np.maximum(reach - COMFORT_REACH[1], 0.0)
+    score = 10.0 * blocked + 20.0 * off_reach + np.linalg.norm(spots - centre, axis=1)
     return spots[int(np.argmin(score))], float(support + 0.008)
 
 
@@ -668,8 +697,7 @@ def _pull_open(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.nda
     handle = np.asarray(state["handle_box"], np.float64)
     centre = (handle[:3] + handle[3:]) / 2
     outward = np.asarray(state["joint_axis"], np.float64) * np.sign(state["joint_goal"][0] - state["joint_qpos"][0])
-    closing = np.array([0.0, 0.0, 1.0 if rot[2, 0] >= 0 else -1.0])
-    level = np.stack([closing, np.cross(-outward, closing), -outward], axis=1)
+    level = _level_frame(-outward, rot, float(state["joint_pos"][6]))
     # Grip the bar near its front, clear of the drawer's face behind it.
     depth = float(np.abs(outward) @ (handle[3:] - handle[:3]))
     centre = centre + outward * (depth / 2 - PULL_GRIP_DEPTH)
@@ -685,6 +713,7 @@ def _pull_open(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.nda
     thickness = float(handle[5] - handle[2])
     touching = float(np.asarray(state["pick_contacts"]).sum()) > 0
     at_handle = np.linalg.norm(lateral) < PULL_LANE and along < 0.01
+    climb = False  # whether the hand climbs before it flies on
     if at_handle and opening < thickness + 0.015 and touching:
         target, grip = eef + outward * 0.05 - lateral, CLOSE  # holding the handle: pull
     elif at_handle and (touching or opening > thickness + 0.01):
@@ -703,8 +732,15 @@ def _pull_open(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.nda
             # The level hand reaches HAND_BOX[1] below the grip site: fly that much higher over what stands in front
             # of the cabinet (a bowl it would sweep along to the handle).
             fly = _corridor_top(obstacles, eef[:2], target[:2], HAND_BOX[1]) + HAND_BOX[1] + CLEARANCE
-            target[2] = max(target[2], min(fly, eef[2]))
+            climb = rot[2, 2] < -0.9 and eef[2] < fly - 0.02  # still pointing down, as it let go of an object
+            target[2] = max(target[2], fly if climb else min(fly, eef[2]))
     action = _move(eef, target, rot, level)
+    if climb:
+        # Below that height, the hand just let go of the object a `Clear` set down: climb out first, or the open
+        # fingers drag the object along, and turn only then (turning fast at the table's height throws the hand
+        # 20 cm towards the robot's base).
+        action[:2] *= np.clip(1.0 - (fly - eef[2]) / 0.08, 0.0, 1.0)
+        action[3:6] *= np.clip(1.0 - (fly - eef[2]) / 0.08, 0.0, 1.0)
     action[6] = grip
     return action.astype(np.float32)
 
