@@ -306,8 +306,8 @@ def test_collect_demonstrations_columns_and_norm_stats(tmp_path):
 def test_collect_demonstrations_refuses_unsupported_tasks():
     from trl_vla.teachers.demonstrations import collect_demonstrations
 
-    with pytest.raises(ValueError, match="does not support tasks \\[3\\] of libero_goal"):
-        collect_demonstrations("libero_goal", task_ids=[3], episodes_per_task=1)
+    with pytest.raises(ValueError, match="does not support tasks \\[9\\] of libero_10"):
+        collect_demonstrations("libero_10", task_ids=[9], episodes_per_task=1)
 
 
 def test_gripper_collision_sees_a_turned_wall_as_thin():
