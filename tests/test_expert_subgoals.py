@@ -52,6 +52,15 @@ def _start(env, init_state, seed):
     return extract_privileged_state(env)
 
 
+def _initial_state(suite, task_id, init_id):
+    """The privileged state after LIBERO's wait steps from one init state, in an env closed afterwards."""
+    env, init_states, _ = make_state_env(suite, task_id)
+    try:
+        return _start(env, init_states[init_id], placement_seed(suite, task_id, init_id))
+    finally:
+        env.close()
+
+
 def _set_joint(env, joint, qpos):
     env.env.sim.data.set_joint_qpos(joint, qpos)
     env.env.sim.forward()
@@ -101,11 +110,7 @@ def test_turn_on_subgoal_describes_the_knob(stove_env):
 
 
 def test_close_waits_until_the_object_is_in_the_drawer():
-    env, init_states, _ = make_state_env("libero_10", 3)
-    try:
-        state = _start(env, init_states[0], placement_seed("libero_10", 3, 0))
-    finally:
-        env.close()
+    state = _initial_state("libero_10", 3, 0)
     # the BDDL goal lists (Close drawer) before (In bowl drawer): the bowl goes in first
     assert state["subgoal_index"].tolist() == [1] and state["subgoal_kind"].tolist() == [SUBGOAL_IN]
     assert state["place_inside"].tolist() == [1.0]
@@ -113,11 +118,7 @@ def test_close_waits_until_the_object_is_in_the_drawer():
 
 
 def test_second_pot_goes_beside_the_first_and_pots_are_held_by_the_handle():
-    env, init_states, _ = make_state_env("libero_10", 8)
-    try:
-        state = _start(env, init_states[0], placement_seed("libero_10", 8, 0))
-    finally:
-        env.close()
+    state = _initial_state("libero_10", 8, 0)
     assert state["place_shared"].tolist() == [1.0]  # two pots for one stove
     pick_box, place_box = state["pick_box"].astype(np.float64), state["place_box"].astype(np.float64)
     # the first pot goes to one end of the stove's region, leaving room for the second
@@ -377,11 +378,7 @@ def test_the_level_hand_rolls_the_wrist_back_towards_its_rest(yaw):
 def test_a_clear_sets_the_object_down_free_of_fixtures_and_within_reach():
     # libero_goal task 3, init state 9: beside the drawer's footprint stand the cabinet (-y), a wine bottle (-x)
     # and a cream cheese box (+y). The spot used to be the nearest face's, inside the cabinet.
-    env, init_states, _ = make_state_env("libero_goal", 3)
-    try:
-        state = _start(env, init_states[9], placement_seed("libero_goal", 3, 9))
-    finally:
-        env.close()
+    state = _initial_state("libero_goal", 3, 9)
     assert state["subgoal_kind"][0] == SUBGOAL_CLEAR
     pick_box, keep_out = state["pick_box"].astype(np.float64), state["place_box"].astype(np.float64)
     spot, bottom = _out_of_the_way(state, pick_box, keep_out)

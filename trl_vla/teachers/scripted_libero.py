@@ -422,6 +422,12 @@ def _move(eef: np.ndarray, target: np.ndarray, current_rot: np.ndarray, target_r
     return action
 
 
+def _climb_first(eef_z: float, fly: float) -> np.float64:
+    """How much of the horizontal motion a hand `fly - eef_z` below its flying height keeps: none 8 cm or more below,
+    all of it at that height (it climbs over what lies between before it flies on)."""
+    return np.clip(1.0 - (fly - eef_z) / 0.08, 0.0, 1.0)
+
+
 def _fly_height(xy_error: float, low: float, high: float) -> float:
     """Memoryless funnel: the height allowed above `low` grows with the horizontal error, up to `high`."""
     return min(max(high, low), low + FUNNEL_SLOPE * max(0.0, xy_error - XY_TOL))
@@ -517,7 +523,7 @@ def _approach(
         z = max(eef[2] if near else fly, site[2] + 0.03)
     action = _move(eef, np.array([site[0], site[1], z]), rot, target_rot)
     if eef[2] < fly - 0.02 and not near:
-        action[:2] *= np.clip(1.0 - (fly - eef[2]) / 0.08, 0.0, 1.0)
+        action[:2] *= _climb_first(eef[2], fly)
     if opening < LET_GO_OPENING and not near:
         # The fingers are still closed on what the last subgoal moved (a pot just set on the stove, a turned knob):
         # let go before the hand leaves, or it carries the object off again.
@@ -739,8 +745,8 @@ def _pull_open(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.nda
         # Below that height, the hand just let go of the object a `Clear` set down: climb out first, or the open
         # fingers drag the object along, and turn only then (turning fast at the table's height throws the hand
         # 20 cm towards the robot's base).
-        action[:2] *= np.clip(1.0 - (fly - eef[2]) / 0.08, 0.0, 1.0)
-        action[3:6] *= np.clip(1.0 - (fly - eef[2]) / 0.08, 0.0, 1.0)
+        action[:2] *= _climb_first(eef[2], fly)
+        action[3:6] *= _climb_first(eef[2], fly)
     action[6] = grip
     return action.astype(np.float32)
 
@@ -806,7 +812,7 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
         z = _fly_height(xy_error, start[2], fly)
         action = _move(eef, np.array([start[0], start[1], z]), rot, tilted)
         if eef[2] < fly - 0.02 and xy_error > NEAR_GRASP:
-            action[:2] *= np.clip(1.0 - (fly - eef[2]) / 0.08, 0.0, 1.0)
+            action[:2] *= _climb_first(eef[2], fly)
     action[6] = CLOSE
     return action.astype(np.float32)
 
