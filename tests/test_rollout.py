@@ -266,8 +266,10 @@ def test_killed_worker_is_a_fault_and_the_pool_recovers(pool):
         if call == 2:
             os.kill(victim, signal.SIGKILL)
 
+    # Lockstep, so that call 2 is every environment's second decision whatever the machine's speed (pipelined, it
+    # is whichever half finished first: worker 0's first chunk, or worker 1's reset).
     batch = collect_rollouts(
-        ImagePolicy(on_call=kill_worker_0), pool, prompts, max_episode_steps=16, seed=0, progress=False
+        ImagePolicy(on_call=kill_worker_0), pool, prompts, max_episode_steps=16, seed=0, progress=False, pipeline=False
     )
     assert batch.fault.sum() == 1 and pool.num_restarts == restarts + 1
     faulted = int(batch.fault.nonzero()[0, 0])
@@ -300,6 +302,41 @@ def test_hung_worker_times_out(pool):
         pool.step_timeout = timeout
     assert batch.fault.sum() == 1 and "no reply within step_timeout=15 s" in batch.fault_messages[1]
     assert not _alive(frozen) and batch.env_steps.tolist() == [8, 0]
+
+
+def _libero_env_that_freezes_while_replying(suite, task_id, **kwargs):
+    """LiberoEnv whose step replies with 8 MB more than a pipe holds and whose process stops itself (SIGSTOP) a
+    second later: frozen halfway through writing its reply when the parent is not reading it meanwhile."""
+    import threading
+
+    from trl_vla.envs.libero import LiberoEnv
+
+    env = LiberoEnv(suite, task_id, **kwargs)
+    step = env.step
+
+    def step_then_freeze(action):
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGSTOP)).start()
+        return step(action), np.zeros(8 << 20, np.uint8)
+
+    env.step = step_then_freeze
+    return env
+
+
+@pytest.mark.slow
+def test_worker_frozen_halfway_through_its_reply_times_out():
+    import time as _time
+
+    factory = _libero_env_that_freezes_while_replying
+    with EnvPool(num_workers=1, image_size=32, env_factory=factory) as envs:
+        assert not envs.run({0: ("reset", {"suite": SUITE, "task_id": 0, "init_state_id": 0})})[0].fault
+        frozen, envs.step_timeout = envs.worker_pids[0], 5.0
+        envs.submit({0: ("step", WAIT_ACTION)})
+        _time.sleep(3.0)  # busy elsewhere (a policy's forward): the reply fills the pipe, then the worker stops
+        start = _time.monotonic()
+        reply = envs.collect([0])[0]
+        assert reply.fault and reply.message.startswith("no reply within step_timeout=5 s")
+        assert _time.monotonic() - start < 60 and envs.num_restarts == 1  # killed at 5 s, then a fresh worker starts
+        assert not _alive(frozen) and envs.worker_pids[0] != frozen
 
 
 @pytest.mark.slow

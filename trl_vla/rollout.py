@@ -36,6 +36,7 @@ import pickle
 import signal
 import struct
 import sys
+import threading
 import time
 import traceback
 import weakref
@@ -76,8 +77,6 @@ def _step_deadline(seconds: float):
     """Interrupt the block with `_StepTimeout` after `seconds` (SIGALRM): the in-process pool's equivalent of the
     worker pool's step timeout. Only the main thread receives signals (elsewhere the block runs unbounded), and Python
     handles a signal between bytecodes: a hang inside one C call is interrupted when that call returns."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return
@@ -189,6 +188,9 @@ def _worker_main(
 
 
 _REPLY_TIMES = struct.Struct("ddd")
+# Seconds a reply that has begun to arrive may still take to arrive in full, even past its command's `step_timeout`
+# (a healthy worker writes the rest in milliseconds).
+_REPLY_GRACE = 5.0
 
 
 def _pack_reply(tag: int, kind: str, value: Any, started: float) -> bytes:
@@ -275,6 +277,36 @@ class _Worker:
         if message != "ready":
             raise RuntimeError(f"Unexpected message from a starting simulator worker: {message!r}.")
 
+    def recv_reply(self, seconds: float) -> bytes | None:
+        """Read one reply; kill the worker and return None when the whole reply has not arrived within `seconds`.
+        Raises `EOFError` or `OSError` when the worker died.
+
+        A reply larger than the pipe's buffer (an observation's images) is written in pieces while it is read, and
+        `recv_bytes` has no timeout: a worker that stops halfway through writing (frozen, stopped by a signal, swapped
+        out) would block it forever. Killing the worker closes the pipe, which ends the read."""
+        lock = threading.Lock()
+        state = {"reading": True, "expired": False}
+
+        def expire():
+            with lock:
+                if state["reading"]:
+                    state["expired"] = True
+                    self.process.kill()
+
+        watchdog = threading.Timer(seconds, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            data = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            if not state["expired"]:
+                raise
+        finally:
+            with lock:
+                state["reading"] = False
+            watchdog.cancel()
+        return None if state["expired"] else data
+
     @property
     def pid(self) -> int:
         return self.process.pid
@@ -318,7 +350,8 @@ class EnvPool:
         num_workers: Worker processes (= parallel environments). `0` runs one environment in this process (for
             debugging and profiling: no isolation from crashes, but the same step timeout, from the main thread).
         step_timeout: Seconds one command (a reset, which may rebuild the task, or one action chunk) may take before
-            the worker is presumed hung, killed and replaced, and its episode reported as a fault.
+            the worker is presumed hung, killed and replaced, and its episode reported as a fault. A reply that has
+            begun to arrive gets at least 5 s more to arrive in full; a worker that stops halfway through it is hung.
         start_timeout: Seconds a (re)started worker may take to import its libraries.
         env_factory: `env_factory(suite, task_id, **env_kwargs)` builds an environment (default: `LiberoEnv`). It
             must be picklable (a module-level function or a `functools.partial` of one). The environment must switch
@@ -476,6 +509,7 @@ class EnvPool:
         """Receive the replies of the `pending` connections into `replies` (restarting workers that die or hang);
         return the tracebacks of worker errors."""
         errors: list[str] = []
+        timed_out = f"no reply within step_timeout={self.step_timeout:.0f} s"
         while pending:
             deadline = min(self._pending[index][1] for index in pending.values()) + self.step_timeout
             ready = mp.connection.wait(list(pending), timeout=max(deadline - time.perf_counter(), 0.0))
@@ -484,18 +518,21 @@ class EnvPool:
                 for conn, index in list(pending.items()):
                     if now - self._pending[index][1] >= self.step_timeout:
                         del pending[conn], self._pending[index]
-                        message = f"no reply within step_timeout={self.step_timeout:.0f} s"
-                        replies[index] = self._restart(index, message)
+                        replies[index] = self._restart(index, timed_out)
                 continue
             for conn in ready:
                 index = pending[conn]
                 tag, submitted, _ = self._pending[index]
                 reading = time.perf_counter()
+                worker = self._workers[index]
                 try:
-                    data = conn.recv_bytes()
+                    data = worker.recv_reply(max(submitted + self.step_timeout - reading, _REPLY_GRACE))
+                    failure = None if data is not None else f"{timed_out} (it stopped halfway through its reply)"
                 except (EOFError, OSError):
+                    failure = worker.death_reason()
+                if failure is not None:
                     del pending[conn], self._pending[index]
-                    replies[index] = self._restart(index, self._workers[index].death_reason())
+                    replies[index] = self._restart(index, failure)
                     continue
                 started, executed, pickled = _REPLY_TIMES.unpack_from(data)
                 reply_tag, kind, value = pickle.loads(memoryview(data)[_REPLY_TIMES.size :])
