@@ -428,3 +428,34 @@ def test_after_a_clear_the_drawer_opens_and_the_bowl_goes_in(init_id):
     joints = np.array(joints)
     assert joints[:, 3].max() < -0.2, "the elbow (joint 4) straightened to its limit (-0.0698)"
     assert np.abs(joints[:, 6]).max() < 2.8, "the wrist (joint 7) reached its limit (2.8973)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init_id", [0, 7, 49])  # the door open at 90, 118 and 113 degrees
+def test_the_microwave_door_is_pushed_shut_once_the_mug_is_in(init_id):
+    """The second subgoal of libero_10 task 9 from the states the first leaves: the mug set into the microwave, the
+    door open, the hand at its start. A door swung open past 90 degrees stands between the hand and the side it is
+    pushed from, with its handle too near the robot's base to reach: the hand flies over it and pushes the door's
+    face nearer the hinge. (The task stays unsupported: the mug cannot yet be carried in, see docs.)"""
+    env, init_states, _ = make_state_env("libero_10", 9)
+    after = []
+
+    def set_the_mug_in(env):
+        robot_env = env.env
+        place_box = extract_privileged_state(env)["place_box"]
+        joint = robot_env.get_object("white_yellow_mug_1").joints[-1]
+        qpos = robot_env.sim.data.get_joint_qpos(joint).copy()  # keeps the mug's yaw: its handle clears the walls
+        qpos[:3] = [(place_box[0] + place_box[3]) / 2, (place_box[1] + place_box[4]) / 2, place_box[2] + 0.012]
+        _set_joint(env, joint, qpos)
+        env.step(np.array([0.0] * 6 + [-1.0]))
+        after.append(extract_privileged_state(env))
+
+    try:
+        success, steps = run_expert_episode(
+            env, expert_action, init_states[init_id], 200, set_the_mug_in,
+            placement_seed=placement_seed("libero_10", 9, init_id),
+        )  # fmt: skip
+    finally:
+        env.close()
+    assert after[0]["subgoal_kind"][0] == SUBGOAL_CLOSE and after[0]["joint_qpos"][0] < -1.5  # the door open
+    assert success, f"the door was not shut within 200 steps ({steps})"

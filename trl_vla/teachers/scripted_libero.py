@@ -120,6 +120,7 @@ PULL_LANE = 0.015  # lateral and vertical tolerance of the hand coming in on a h
 PUSH_STANDOFF = 0.04  # the closed fingers come down this far in front of the face they push
 PUSH_TILT = np.radians(40.0)  # lean of the pushing fingers towards the push
 PUSH_LANE = 0.02  # lateral and vertical tolerance of the pushing hand
+DOOR_PUSH_REACH = 0.45  # nearest horizontal distance from the robot's base at which the hand pushes a door
 KNOB_WIDTH = 0.025  # a stove knob's ridge, across
 WRIST_REST = np.pi / 4  # the wrist joint's rest angle (LIBERO's Panda `init_qpos`: the OSC's nullspace posture)
 WRIST_REST_WEIGHT = 3.0  # cost of the wrist's distance from rest per radian, against 1 per radian of yaw
@@ -774,7 +775,8 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
     axis = np.asarray(state["joint_axis"], np.float64)
     centre = (handle[:3] + handle[3:]) / 2
     closing = np.sign(float(state["joint_goal"][0] - state["joint_qpos"][0]))
-    if abs(axis[2]) > 0.7:
+    door = abs(axis[2]) > 0.7
+    if door:
         # A door: the free edge moves along axis x radius.
         radius = centre - np.asarray(state["joint_anchor"], np.float64)
         direction = closing * np.cross(axis, radius)
@@ -786,6 +788,8 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
     contact = centre - direction * half_depth  # the handle's face the fingers push on
     start = contact - direction * PUSH_STANDOFF
     start[2] = centre[2]
+    if door:
+        start = _door_push_start(state, start, direction)
     lateral = eef[:2] - start[:2] - ((eef[:2] - start[:2]) @ direction[:2]) * direction[:2]
     along = (eef - start) @ direction
     in_lane = np.linalg.norm(lateral) < PUSH_LANE and abs(eef[2] - start[2]) < PUSH_LANE and -0.02 < along < 0.12
@@ -796,6 +800,11 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
     if across @ rot[:, 0] < 0:
         across = -across
     tilted = np.stack([across, np.cross(approach, across), approach], axis=1)
+    if door:
+        # Nothing stands out above a door's handle: the fingers point straight down, at the yaw that leaves the wrist
+        # nearest its rest. Leaning towards the push, near the robot's base, folded the arm to its limits (joints 4, 6
+        # and 7) before the hand reached the door.
+        tilted = _down_frame(across, rot, float(state["joint_pos"][6]))
     if not in_lane and _letting_go(state):
         # The bowl the `In` just let into the drawer (the `In` holds while the bowl is still in the air): the hand
         # would carry it off, tilted, and it would jam the drawer.
@@ -806,8 +815,10 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
         target[2] = start[2]
         action = _move(eef, target, rot, tilted)
     else:
-        # Fly over whatever lies between, come down at the start point, away from the handle.
-        fly = max(_corridor_top(obstacles, eef[:2], start[:2], HAND_BOX[1]) + FINGERTIP_BELOW + CLEARANCE, start[2])
+        # Fly over whatever lies between, come down at the start point, away from the handle; over a door too (its
+        # boxes are the "pick" ones): a door swung open towards the robot stands between the hand and its push side.
+        between = _obstacles(state, exclude_pick=False) if door else obstacles
+        fly = max(_corridor_top(between, eef[:2], start[:2], HAND_BOX[1]) + FINGERTIP_BELOW + CLEARANCE, start[2])
         xy_error = float(np.linalg.norm(start[:2] - eef[:2]))
         z = _fly_height(xy_error, start[2], fly)
         action = _move(eef, np.array([start[0], start[1], z]), rot, tilted)
@@ -815,6 +826,23 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
             action[:2] *= _climb_first(eef[2], fly)
     action[6] = CLOSE
     return action.astype(np.float32)
+
+
+def _door_push_start(state: Mapping[str, np.ndarray], start: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Where the hand starts pushing a door shut: in front of its handle, or, when that is nearer the robot's base
+    than `DOOR_PUSH_REACH` (a door swung open towards the robot), in front of the door's face at the largest
+    distance from the hinge that is not. The door turns the same way wherever it is pushed."""
+    anchor = np.asarray(state["joint_anchor"], np.float64)
+    radial = start - anchor
+    radial[2] = 0.0
+    along = radial @ direction
+    radius = radial - along * direction  # from the hinge line to the push lane, across the push
+    for fraction in np.linspace(1.0, 0.3, 15):
+        point = anchor + fraction * radius + along * direction
+        point[2] = float(state["handle_box"][5]) - 0.01
+        if np.linalg.norm(point[:2] - ROBOT_BASE_XY) >= DOOR_PUSH_REACH:
+            return point
+    return point
 
 
 def _turn_knob(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.ndarray:
