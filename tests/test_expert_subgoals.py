@@ -63,6 +63,18 @@ def _initial_state(suite, task_id, init_id):
         env.close()
 
 
+def _episode(suite, task_id, init_id, act, max_steps=None, perturb=None):
+    """`(success, steps)` of one expert episode from an init state, in an env closed afterwards."""
+    env, init_states, _ = make_state_env(suite, task_id)
+    try:
+        return run_expert_episode(
+            env, act, init_states[init_id], max_steps or MAX_EPISODE_STEPS[suite], perturb,
+            placement_seed=placement_seed(suite, task_id, init_id),
+        )  # fmt: skip
+    finally:
+        env.close()
+
+
 def _set_joint(env, joint, qpos):
     env.env.sim.data.set_joint_qpos(joint, qpos)
     env.env.sim.forward()
@@ -409,7 +421,6 @@ def test_a_clear_sets_the_object_down_free_of_fixtures_and_within_reach():
     ],
 )
 def test_after_a_clear_the_drawer_opens_and_the_bowl_goes_in(init_id):
-    env, init_states, _ = make_state_env("libero_goal", 3)
     kinds, joints = [], []
 
     def act(state):
@@ -417,13 +428,7 @@ def test_after_a_clear_the_drawer_opens_and_the_bowl_goes_in(init_id):
         joints.append(state["joint_pos"].copy())
         return expert_action(state)
 
-    try:
-        success, steps = run_expert_episode(
-            env, act, init_states[init_id], MAX_EPISODE_STEPS["libero_goal"],
-            placement_seed=placement_seed("libero_goal", 3, init_id),
-        )  # fmt: skip
-    finally:
-        env.close()
+    success, steps = _episode("libero_goal", 3, init_id, act)
     assert success, f"the bowl is not in the drawer ({steps} steps)"
     order = [kind for i, kind in enumerate(kinds) if i == 0 or kinds[i - 1] != kind]
     assert order == [SUBGOAL_CLEAR, SUBGOAL_OPEN, SUBGOAL_IN], order
@@ -439,7 +444,6 @@ def test_the_microwave_door_is_pushed_shut_once_the_mug_is_in(init_id):
     door open, the hand at its start. A door swung open past 90 degrees stands between the hand and the side it is
     pushed from, with its handle too near the robot's base to reach: the hand flies over it and pushes the door's
     face nearer the hinge. (The task stays unsupported: the mug cannot yet be carried in, see docs.)"""
-    env, init_states, _ = make_state_env("libero_10", 9)
     after = []
 
     def set_the_mug_in(env):
@@ -452,13 +456,7 @@ def test_the_microwave_door_is_pushed_shut_once_the_mug_is_in(init_id):
         env.step(np.array([0.0] * 6 + [-1.0]))
         after.append(extract_privileged_state(env))
 
-    try:
-        success, steps = run_expert_episode(
-            env, expert_action, init_states[init_id], 200, set_the_mug_in,
-            placement_seed=placement_seed("libero_10", 9, init_id),
-        )  # fmt: skip
-    finally:
-        env.close()
+    success, steps = _episode("libero_10", 9, init_id, expert_action, 200, set_the_mug_in)
     assert after[0]["subgoal_kind"][0] == SUBGOAL_CLOSE and after[0]["joint_qpos"][0] < -1.5  # the door open
     assert success, f"the door was not shut within 200 steps ({steps})"
 
@@ -471,7 +469,6 @@ def test_the_mug_goes_into_the_microwave_by_its_handle_and_the_door_shuts(init_i
     first = _initial_state("libero_10", 9, init_id)
     assert _roof_bottom(first) == pytest.approx(1.088, abs=0.005)
     np.testing.assert_allclose(_open_side(first), [0.0, 1.0, 0.0])  # the opening faces the robot's left (-y)
-    env, init_states, _ = make_state_env("libero_10", 9)
     trace = []
 
     def act(state):
@@ -479,13 +476,7 @@ def test_the_mug_goes_into_the_microwave_by_its_handle_and_the_door_shuts(init_i
         trace.append((int(state["subgoal_kind"][0]), is_grasped(state), float(rot[2, 2]), state["pick_pos"].copy()))
         return expert_action(state)
 
-    try:
-        success, steps = run_expert_episode(
-            env, act, init_states[init_id], MAX_EPISODE_STEPS["libero_10"],
-            placement_seed=placement_seed("libero_10", 9, init_id),
-        )  # fmt: skip
-    finally:
-        env.close()
+    success, steps = _episode("libero_10", 9, init_id, act)
     assert success, f"the mug did not end in the shut microwave within {steps} steps"
     held = [(down, pos) for kind, grasped, down, pos in trace if kind == SUBGOAL_IN and grasped]
     assert any(down < -0.9 for down, _ in held), "first held from above, to be set down in front of the opening"

@@ -466,8 +466,9 @@ def expert_action(state: Mapping[str, np.ndarray]) -> np.ndarray:
         return _push_closed(state, obstacles)
     if int(state["subgoal_kind"][0]) == SUBGOAL_OPEN:
         return _pull_open(state, obstacles)
-    if int(state["subgoal_kind"][0]) == SUBGOAL_IN and _roof_bottom(state) is not None:
-        return _side_insert(state)
+    roof = _roof_bottom(state) if int(state["subgoal_kind"][0]) == SUBGOAL_IN else None
+    if roof is not None:
+        return _side_insert(state, roof)
 
     if is_grasped(state):
         return _carry(state, obstacles, *_placement(state))
@@ -662,11 +663,11 @@ def _side_frame(pointing: np.ndarray, current: np.ndarray, wrist: float) -> np.n
     return np.stack([closing, np.cross(pointing, closing), pointing], axis=1)
 
 
-def _side_insert(state: Mapping[str, np.ndarray]) -> np.ndarray:
+def _side_insert(state: Mapping[str, np.ndarray], roof: float) -> np.ndarray:
     """`In` under a low roof (the mug into the microwave): hold the object by its handle with the hand level,
     closing across the handle, pointing through the region's open face (turned aside as little as keeps the hand
     clear of the neighbours); lift it over them, line it up in front of the opening, lower it to the floor's height
-    and carry it in, handle last, the hand staying outside."""
+    and carry it in, handle last, the hand staying outside. `roof`: the bottom of the roof (`_roof_bottom`)."""
     eef = np.asarray(state["eef_pos"], np.float64)
     rot = np.asarray(state["eef_xmat"], np.float64).reshape(3, 3)
     wrist = float(state["joint_pos"][6])
@@ -686,10 +687,11 @@ def _side_insert(state: Mapping[str, np.ndarray]) -> np.ndarray:
     kinds = np.asarray(state["obstacle_kind"])
     objects = np.asarray(state["obstacle_boxes"], np.float64)[kinds == OBSTACLE_OBJECT]
     table = float(objects[:, 2].min()) if len(objects) else float(pick_box[2])
+    site = _handle_bar(state)
     grasped = is_grasped(state)
     if not grasped and rot[2, 2] > -0.7 and CLOSED_ON_NOTHING < opening < LET_GO_OPENING:
         # The level fingers closed on the handle, one of them for a moment not touching it (it swings as it goes in).
-        grasped = float(np.linalg.norm(eef - _handle_bar(state))) < 0.02
+        grasped = float(np.linalg.norm(eef - site)) < 0.02
     if grasped and rot[2, 2] < -0.7:
         # Held from above (by the rim): set it down in front of the opening, where the level hand can take it.
         return _carry(state, obstacles, staging[:2] + (pick_box[:2] + pick_box[3:5]) / 2 - origin[:2], table)
@@ -697,7 +699,6 @@ def _side_insert(state: Mapping[str, np.ndarray]) -> np.ndarray:
     if not grasped and not staged:
         return _approach(state, *_grasp(state), obstacles)
     if not grasped:
-        site = _handle_bar(state)
         obbs = _obstacle_obbs(state)
         best, best_score = into, np.inf
         for yaw in (0.0, 0.2, -0.2, 0.4, -0.4, 0.6, -0.6):
@@ -728,7 +729,6 @@ def _side_insert(state: Mapping[str, np.ndarray]) -> np.ndarray:
 
     frame = _side_frame(into, rot, wrist)
     turn_error = float(np.linalg.norm(_axis_angle(frame @ rot.T)))
-    roof = _roof_bottom(state)
     carry_bottom = max(place_box[2] + 0.03, roof - (pick_box[5] - pick_box[2]) - 0.012)
     grip_above_bottom = eef[2] - pick_box[2]
     boxes = obstacles
