@@ -4,7 +4,7 @@
     python benchmarks/expert_success.py --suite libero_spatial --task-ids 0 9 --episodes 10
     python benchmarks/expert_success.py --suite libero_spatial --chunk-size 8   # open-loop chunks, as a chunked
                                                                                # student would execute them
-    python benchmarks/expert_success.py --suite libero_10 --task-ids 9        # a task outside `supported_tasks`
+    python benchmarks/expert_success.py --suite libero_90 --task-ids 0        # a task outside `supported_tasks`
     python benchmarks/expert_success.py --suite libero_10 --workers 2         # two processes per task
 
 Runs LIBERO's standard protocol (reset, init state, 10 wait steps, at most 220/280/300 steps for
