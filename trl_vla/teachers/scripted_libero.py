@@ -560,7 +560,7 @@ def _approach(
     touching = float(np.asarray(state["pick_contacts"]).sum()) > 0
     # Physics gives the hysteresis a memoryless controller lacks: once the fingers closed on nothing and started to
     # reopen, let them open fully before closing again.
-    reopening = _opening_up(state) and float(np.abs(state["gripper_qvel"]).sum()) > 0.02
+    reopening = _fingers_opening(state)
     closed_on_nothing = opening < CLOSED_ON_NOTHING and not touching
     if at_grasp and not closed_on_nothing and not (reopening and opening < needed_open):
         action[6] = CLOSE
@@ -714,13 +714,12 @@ def _side_insert(state: Mapping[str, np.ndarray], roof: float) -> np.ndarray:
         if turn_error > 0.15 and eef[2] < high - 0.02:
             target = np.array([eef[0], eef[1], high])  # out of the rim it let go of, then turn
             frame = rot
-        elif turn_error > 0.15 and xy_error > 0.02:
-            # Over the handle first, pointing down: turning on the way there swept the wrist into a door that
-            # stands open beside the handle.
-            target = np.array([site[0], site[1], max(high, eef[2])])
-            frame = rot
         elif turn_error > 0.15:
             target = np.array([site[0], site[1], max(high, eef[2])])
+            if xy_error > 0.02:
+                # Over the handle first, pointing down: turning on the way there swept the wrist into a door that
+                # stands open beside the handle.
+                frame = rot
         else:
             target = np.array([site[0], site[1], _fly_height(xy_error, site[2], high)])
         action = _move(eef, target, rot, frame)
@@ -925,6 +924,11 @@ def _opening_up(state: Mapping[str, np.ndarray]) -> bool:
     return float(np.sum(np.sign(qpos) * qvel)) > 0.0
 
 
+def _fingers_opening(state: Mapping[str, np.ndarray]) -> bool:
+    """Whether the fingers are moving apart, faster than the jitter of fingers at rest (0.02 in summed joint speed)."""
+    return _opening_up(state) and float(np.abs(state["gripper_qvel"]).sum()) >= 0.02
+
+
 def _pull_open(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.ndarray:
     """`Open` a drawer: the hand turns to point at the drawer's front with the fingers closing up and down, comes in
     level with the handle, closes on it and pulls along the slide."""
@@ -992,7 +996,7 @@ def _letting_go(state: Mapping[str, np.ndarray]) -> bool:
     still = float(np.abs(state["gripper_qvel"]).sum()) < 0.02
     touching = float(np.asarray(state["pick_contacts"]).sum()) > 0
     holding = CLOSED_ON_NOTHING < opening < LET_GO_OPENING and still and not touching
-    return holding or (_opening_up(state) and not still and opening < LET_GO_OPENING)
+    return holding or (_fingers_opening(state) and opening < LET_GO_OPENING)
 
 
 def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.ndarray:
@@ -1034,23 +1038,21 @@ def _push_closed(state: Mapping[str, np.ndarray], obstacles: np.ndarray) -> np.n
         # nearest its rest. Leaning towards the push, near the robot's base, folded the arm to its limits (joints 4, 6
         # and 7) before the hand reached the door.
         tilted = _down_frame(across, rot, float(state["joint_pos"][6]))
-    opening_fast = _opening_up(state) and float(np.abs(state["gripper_qvel"]).sum()) >= 0.02
-    still_closed = float(state["gripper_opening"][0]) < LET_GO_OPENING and not opening_fast
+    still_closed = float(state["gripper_opening"][0]) < LET_GO_OPENING and not _fingers_opening(state)
     if door and rot[2, 2] > -0.3 and still_closed:
         # The level hand has just carried an object in by its handle (a mug: the `In` holds as soon as the mug's
         # origin is over the region's edge, half of it still outside, its handle in the door's way): push it on
         # with the closed fingers until the hand's body would meet the opening's frame, set it down on the floor
         # it is carried a little above, then let go. Let go in the air, it tipped back out over the edge. Only the
         # hand that has not let go yet: pushing again on the way down left it pushing the frame, half turned.
-        kinds = np.asarray(state["obstacle_kind"])
         boxes = np.asarray(state["obstacle_boxes"], np.float64)
-        obbs = np.asarray(state["obstacle_obbs"], np.float64)
-        held = (kinds == OBSTACLE_OBJECT) & np.all(boxes[:, :3] < eef + 0.02, 1) & np.all(boxes[:, 3:] > eef - 0.02, 1)
+        held = np.asarray(state["obstacle_kind"]) == OBSTACLE_OBJECT
+        held &= np.all(boxes[:, :3] < eef + 0.02, 1) & np.all(boxes[:, 3:] > eef - 0.02, 1)
         if held.any():
             pointing = np.array([rot[0, 2], rot[1, 2], 0.0]) / (np.linalg.norm(rot[:2, 2]) + 1e-12)
             action = np.zeros(7)
             action[6] = CLOSE
-            others = obbs[(kinds >= 0) & (kinds != OBSTACLE_PICK) & ~held]
+            others = np.asarray(state["obstacle_obbs"], np.float64)[_kept(state, exclude_pick=True) & ~held]
             box = boxes[int(np.argmax(held))]
             if not _level_hand_hits(eef + 0.01 * pointing, pointing, others, 0.0):
                 action[:3] = SIDE_SPEED * pointing
